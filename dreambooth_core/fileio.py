@@ -1,0 +1,167 @@
+"""Safe reading and atomic writing of model files.
+
+Writes go to a temporary file in the destination folder and are renamed into place,
+so a host that lists the folder never sees a half-written file and a failed write
+(full disk, cancel) leaves any previous file intact. Reads never unpickle arbitrary
+objects unless the caller explicitly opts in.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from .errors import FormatError, OutputExistsError, UserError
+
+if TYPE_CHECKING:
+    import torch
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Validate an output path before any expensive work starts."""
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists: choose another name or pass --overwrite")
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`.
+
+    The temporary name starts with '.' and ends in '.tmp', so neither A1111 nor
+    ComfyUI lists it while it is being written.
+    """
+    out = check_output(path, overwrite)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if out.exists() and not overwrite:
+            raise OutputExistsError(f"{out} appeared while writing: choose another name or pass --overwrite")
+        os.replace(tmp, out)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"disk full while writing {out}: free space and try again (nothing was overwritten)") from exc
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
+    with atomic_path(path, overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"), overwrite)
+
+
+def save_safetensors(
+    tensors: dict[str, "torch.Tensor"],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a safetensors file atomically (contiguous CPU tensors, string metadata)."""
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path, overwrite) as tmp:
+        save_file(clean, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike, overwrite: bool = False, legacy: bool = False) -> Path:
+    """torch.save atomically; `legacy=True` writes the pre-zip format A1111's safe loader accepts."""
+    import torch
+
+    with atomic_path(path, overwrite) as tmp:
+        torch.save(obj, tmp, _use_new_zipfile_serialization=not legacy)
+    return Path(path)
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FormatError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise FormatError(f"expected a {what} but {p} is a folder")
+    return p
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    p = require_file(path, "safetensors file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises several types for a bad header
+        raise FormatError(f"{p} is not a readable safetensors file ({exc}); it may be truncated: re-download or re-save it") from exc
+
+
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a safetensors file without reading the tensors."""
+    from safetensors import safe_open
+
+    p = require_file(path, "safetensors file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:
+        raise FormatError(f"{p} is not a readable safetensors file ({exc}); it may be truncated: re-download or re-save it") from exc
+
+
+def load_state_dict(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    unsafe_pickle: bool = False,
+    keep: Callable[[str], bool] | None = None,
+) -> dict[str, "torch.Tensor"]:
+    """Load tensors from .safetensors (memory-mapped) or a pickle with weights_only=True.
+
+    `keep` filters keys before they are read, so a caller that needs part of a large
+    file never materialises the rest. Pickled checkpoints that need arbitrary objects
+    are refused unless `unsafe_pickle` is set, because unpickling runs code.
+    """
+    import torch
+
+    p = require_file(path, "model file")
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            out = {}
+            with safe_open(str(p), framework="pt", device=device) as f:
+                for k in f.keys():
+                    if keep is None or keep(k):
+                        out[k] = f.get_tensor(k)
+            return out
+        except Exception as exc:
+            raise FormatError(f"{p} is not a readable safetensors file ({exc}); it may be truncated: re-download or re-save it") from exc
+    if p.suffix.lower() not in PICKLE_SUFFIXES:
+        raise FormatError(f"{p}: unknown model file type {p.suffix!r}; use .safetensors (or .ckpt/.pt/.bin)")
+    try:
+        obj = torch.load(p, map_location=device, weights_only=not unsafe_pickle, mmap=None)
+    except Exception as exc:
+        if not unsafe_pickle and "weights_only" in str(exc):
+            raise FormatError(
+                f"{p} contains pickled Python objects beyond tensors; it was not loaded because unpickling "
+                "can run code. Convert it to .safetensors, or pass --unsafe-pickle if you trust its source"
+            ) from exc
+        raise FormatError(f"{p} could not be read ({exc.__class__.__name__}: {exc}); it may be truncated or not a model") from exc
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict):
+        raise FormatError(f"{p} holds a {type(sd).__name__}, not a dictionary of tensors")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and (keep is None or keep(k))}
