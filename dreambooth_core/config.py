@@ -1,0 +1,369 @@
+"""`TrainConfig`: every setting of a training run, its presets, and its validation.
+
+Scripts and the host adapters set these exact key names, so they are the public API.
+Everything is checked here — unknown keys, types, ranges, paths — before any model
+loads, so a typo costs a second, not a model load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from .errors import ConfigError
+
+METHODS = ("dreambooth", "lora", "textual_inversion", "hypernetwork")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "sgd")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+SAMPLERS = ("ddim", "euler_a", "dpmpp_2m", "pndm", "lms", "euler")
+ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
+SAVE_FORMATS = {
+    "dreambooth": ("single-file", "diffusers"),
+    "lora": ("kohya", "peft"),
+    "textual_inversion": ("safetensors",),
+    "hypernetwork": ("pt",),
+}
+
+
+@dataclass
+class TrainConfig:
+    # what and on what
+    method: Literal["dreambooth", "lora", "textual_inversion", "hypernetwork"] = "lora"
+    base_model: str = ""
+    family: str | None = None            # override detection: sd1, sd2, sd2-v, sdxl
+
+    # the concept
+    instance_data_dir: str = ""
+    token: str = "zwx"
+    class_noun: str = ""
+    instance_prompt: str = "a photo of {token} {class_noun}"
+    class_prompt: str = "a photo of {class_noun}"
+
+    # prior preservation
+    with_prior_preservation: bool = False
+    prior_loss_weight: float = 1.0
+    num_class_images: int = 100
+    class_data_dir: str | None = None    # default: a cache folder keyed by model, prompt, resolution, seed
+    class_sampler: str = "dpmpp_2m"
+    class_inference_steps: int = 25
+    class_guidance_scale: float = 7.5
+
+    # images
+    resolution: int | None = None        # default: the family's native resolution
+    center_crop: bool = False
+    random_flip: bool = False
+    enable_bucketing: bool = False
+    cache_latents: bool = True
+
+    # optimisation
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 800
+    learning_rate: float = 1e-4
+    text_encoder_learning_rate: float | None = None
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    optimizer: str = "adamw"
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+
+    # lora (and dreambooth for train_text_encoder)
+    rank: int = 16
+    alpha: float = 8.0
+    conv_rank: int = 0
+    conv_alpha: float | None = None
+    train_text_encoder: bool = False
+
+    # textual inversion
+    num_vectors: int = 1
+    init_word: str = ""                  # default: the class noun
+
+    # hypernetwork
+    layer_structure: list[float] = field(default_factory=lambda: [1.0, 2.0, 1.0])
+    activation: str = "linear"
+    hypernetwork_layer_norm: bool = False
+
+    # checkpoints
+    checkpointing_steps: int = 0         # 0: only at the end (and on cancel)
+    resume_from: str | None = None       # "latest" or a state folder
+
+    # validation
+    validation_prompts: list[str] = field(default_factory=list)   # default: the instance and class prompts
+    validation_steps: int = 0            # 0: only before and after training
+    num_validation_images: int = 2
+    validation_scheduler: str = "dpmpp_2m"
+    validation_inference_steps: int = 25
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+
+    # outputs
+    output_dir: str = "runs"
+    output_name: str = ""                # default: "{token}_{class_noun}"
+    save_formats: list[str] = field(default_factory=list)  # default: the method's first (host) format
+    save_dtype: str = "fp16"
+    overwrite: bool = False
+
+    # ---- derived values -------------------------------------------------------------
+    def render(self, template: str) -> str:
+        return template.format(token=self.token, class_noun=self.class_noun).strip()
+
+    @property
+    def instance_prompt_text(self) -> str:
+        return self.render(self.instance_prompt)
+
+    @property
+    def class_prompt_text(self) -> str:
+        return self.render(self.class_prompt)
+
+    @property
+    def name(self) -> str:
+        if self.output_name:
+            return self.output_name
+        return "_".join(p for p in (self.token, self.class_noun.replace(" ", "_")) if p)
+
+    @property
+    def formats(self) -> list[str]:
+        return list(self.save_formats) or [SAVE_FORMATS[self.method][0]]
+
+    @property
+    def effective_init_word(self) -> str:
+        if self.init_word:
+            return self.init_word
+        return self.class_noun.split()[-1] if self.class_noun.strip() else "*"
+
+    @property
+    def effective_validation_prompts(self) -> list[str]:
+        return list(self.validation_prompts) or [self.instance_prompt_text, self.class_prompt_text]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ---- validation -----------------------------------------------------------------
+    def validate(self, check_paths: bool = True) -> "TrainConfig":
+        """Raise ConfigError naming the key and what to do; return self when all is well."""
+        choice("method", self.method, METHODS)
+        choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        choice("validation_scheduler", self.validation_scheduler, SAMPLERS)
+        choice("class_sampler", self.class_sampler, SAMPLERS)
+        choice("activation", self.activation, ACTIVATIONS)
+        choice("save_dtype", self.save_dtype, ("fp16", "bf16", "fp32"))
+        for fmt in self.save_formats:
+            choice("save_formats", fmt, SAVE_FORMATS[self.method])
+        if self.family is not None:
+            from .families import get_family
+
+            try:
+                get_family(self.family)
+            except Exception as exc:
+                raise ConfigError(f"family: {exc}") from None
+        positive = ("max_train_steps", "learning_rate", "train_batch_size", "gradient_accumulation_steps", "rank", "num_vectors", "prior_loss_weight")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be greater than 0 (got {getattr(self, key)})")
+        for key in ("lr_warmup_steps", "checkpointing_steps", "validation_steps", "conv_rank", "noise_offset", "num_validation_images", "adam_weight_decay"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must not be negative (got {getattr(self, key)})")
+        if self.with_prior_preservation and self.num_class_images <= 0:
+            raise ConfigError("num_class_images must be greater than 0 when with_prior_preservation is on")
+        if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
+            raise ConfigError(f"resolution must be a multiple of 8 and at least 64 (got {self.resolution})")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ConfigError(f"snr_gamma must be greater than 0, or left unset (got {self.snr_gamma})")
+        if not self.token.strip() or any(c.isspace() for c in self.token.strip()):
+            raise ConfigError(f"token must be one word such as 'zwx' (got {self.token!r})")
+        if self.method in ("dreambooth", "lora") and self.with_prior_preservation and not self.class_noun.strip():
+            raise ConfigError("class_noun is needed for prior preservation: name the class of your subject, e.g. 'dog'")
+        if self.method == "hypernetwork" and (len(self.layer_structure) < 2 or self.layer_structure[0] != 1 or self.layer_structure[-1] != 1):
+            raise ConfigError(f"layer_structure must start and end with 1, e.g. [1, 2, 1] (got {self.layer_structure})")
+        for tmpl_key in ("instance_prompt", "class_prompt"):
+            try:
+                self.render(getattr(self, tmpl_key))
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ConfigError(f"{tmpl_key}: only {{token}} and {{class_noun}} may be used in braces ({exc})") from None
+        if check_paths:
+            if not self.base_model:
+                raise ConfigError("base_model is not set: give a .safetensors/.ckpt checkpoint or a diffusers folder")
+            if not Path(self.base_model).exists():
+                raise ConfigError(f"base_model not found: {self.base_model}")
+            if not self.instance_data_dir:
+                raise ConfigError("instance_data_dir is not set: give the folder with your subject's images")
+            if not Path(self.instance_data_dir).is_dir():
+                raise ConfigError(f"instance_data_dir is not a folder: {self.instance_data_dir}")
+            if self.resume_from not in (None, "", "latest") and not Path(self.resume_from).exists():
+                raise ConfigError(f"resume_from not found: {self.resume_from} (use 'latest' or a state folder of an earlier run)")
+        return self
+
+
+def choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))} (got {value!r})")
+
+
+# ---- building configs from dicts, files and --set ---------------------------------------
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert `value` to the declared type of `key`, or raise ConfigError naming both."""
+    hint = _HINTS[key]
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if value is None:
+        if type(None) in get_args(hint):
+            return None
+        raise ConfigError(f"{key} cannot be empty")
+    if get_origin(hint) is Literal:
+        choice(key, value, get_args(hint))
+        return value
+    base = args[0] if args and get_origin(hint) is not list else hint
+    origin = get_origin(base)
+    try:
+        if origin is list:
+            (item,) = get_args(base)
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return [coerce_scalar(item, v) for v in value]
+        return coerce_scalar(base, value)
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise ConfigError(f"{key} expects {type_name(hint)} (got {value!r})") from None
+
+
+def coerce_scalar(tp: Any, value: Any) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise TypeError
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise TypeError
+        return str(value)
+    return value
+
+
+def type_name(hint: Any) -> str:
+    text = str(hint).replace("typing.", "")
+    return {"<class 'int'>": "an integer", "<class 'float'>": "a number", "<class 'bool'>": "true or false", "<class 'str'>": "text"}.get(text, text)
+
+
+def unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    values = dataclasses.asdict(base) if base else {}
+    for key, value in data.items():
+        if key not in FIELDS:
+            raise unknown_key(key)
+        values[key] = coerce(key, value)
+    return TrainConfig(**values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """TOML, JSON or YAML by suffix; a top-level [train] table is accepted too."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{p}: use a .toml, .json or .yaml config file")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{p} could not be parsed: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a table of settings")
+    return data.get("train", data) if isinstance(data.get("train"), dict) else data
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs; values stay strings and are coerced by field type."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (got {item!r})")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key not in FIELDS:
+            raise unknown_key(key)
+        out[key] = value
+    return out
+
+
+# ---- presets ---------------------------------------------------------------------------
+# Defaults from the literature: DreamBooth (Ruiz et al.; diffusers' SD recipe), Textual
+# Inversion (Gal et al.; lr 5e-3 scaled by batch), and the common LoRA recipe.
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "dreambooth": dict(method="dreambooth", learning_rate=5e-6, max_train_steps=800, with_prior_preservation=True,
+                       prior_loss_weight=1.0, num_class_images=200, train_text_encoder=False),
+    "dreambooth-sd2": dict(method="dreambooth", learning_rate=2e-6, max_train_steps=800, with_prior_preservation=True,
+                           prior_loss_weight=1.0, num_class_images=200),
+    "dreambooth-lora": dict(method="lora", learning_rate=1e-4, max_train_steps=800, rank=16, alpha=8.0,
+                            with_prior_preservation=True, num_class_images=100),
+    "lora": dict(method="lora", learning_rate=1e-4, max_train_steps=1000, rank=16, alpha=8.0, with_prior_preservation=False),
+    "textual_inversion": dict(method="textual_inversion", learning_rate=5e-3, max_train_steps=3000, num_vectors=1,
+                              with_prior_preservation=False),
+    "hypernetwork": dict(method="hypernetwork", learning_rate=5e-6, max_train_steps=2000, layer_structure=[1.0, 2.0, 1.0],
+                         activation="linear", with_prior_preservation=False),
+}
+
+
+def load_config(
+    path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    check_paths: bool = True,
+) -> TrainConfig:
+    """Preset < file < overrides, then validated. The one way every front end builds a config."""
+    cfg = TrainConfig()
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+        cfg = config_from_dict(PRESETS[preset], cfg)
+    if path:
+        cfg = config_from_dict(read_config_file(path), cfg)
+    if overrides:
+        cfg = config_from_dict(overrides, cfg)
+    return cfg.validate(check_paths=check_paths)

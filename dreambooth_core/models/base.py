@@ -1,0 +1,53 @@
+"""`BaseModel`: a Stable Diffusion model as diffusers components plus what we know about it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..families import Family
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+
+@dataclass
+class BaseModel:
+    """All components of one model, in diffusers layout.
+
+    `text_encoders[i]` pairs with `tokenizers[i]` and with `family.text_encoders[i]`
+    (SDXL: CLIP-L first, OpenCLIP bigG second). `extras` keeps single-file tensors that
+    no component consumes (e.g. SD2's unused last text layer), so writing the model back
+    reproduces the original file exactly.
+    """
+
+    family: Family
+    unet: "UNet2DConditionModel"
+    vae: "AutoencoderKL"
+    text_encoders: list["CLIPTextModel"]
+    tokenizers: list["CLIPTokenizer"]
+    scheduler_config: dict[str, Any]
+    source: Path | None = None
+    name: str = "model"
+    extras: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler_config.get("prediction_type", self.family.prediction_type)
+
+    def noise_scheduler(self):
+        """A fresh DDPM scheduler with this model's betas and prediction type (for training)."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(self.scheduler_config)
+
+    def components(self) -> dict[str, Any]:
+        """Diffusers pipeline keyword arguments (unet, vae, text_encoder[_2], tokenizer[_2])."""
+        out: dict[str, Any] = {"unet": self.unet, "vae": self.vae}
+        for name, te in zip(self.family.text_encoders, self.text_encoders):
+            out[name] = te
+        for name, tok in zip(self.family.tokenizers, self.tokenizers):
+            out[name] = tok
+        return out

@@ -1,0 +1,37 @@
+"""CLIP tokenizers built from the BPE files shipped in the package (never from the hub)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..families import CLIP_BPE_DIR, Family
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>") -> "CLIPTokenizer":
+    """The real CLIP BPE tokenizer (49408 tokens, 77 positions). SD2/SDXL-G pad with '!'."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(
+        str(CLIP_BPE_DIR / "vocab.json"),
+        str(CLIP_BPE_DIR / "merges.txt"),
+        pad_token=pad_token,
+        model_max_length=77,
+    )
+
+
+def family_tokenizers(family: Family) -> list["CLIPTokenizer"]:
+    out = []
+    for name in family.tokenizers:
+        cfg = json.loads((family.config_dir / name / "tokenizer_config.json").read_text())
+        out.append(clip_tokenizer(cfg["pad_token"]))
+    return out
+
+
+def write_tokenizer_folder(family: Family, dest: Path) -> None:
+    """Write complete tokenizer folders (for a diffusers folder, or a host that wants them)."""
+    for name, tok in zip(family.tokenizers, family_tokenizers(family)):
+        tok.save_pretrained(str(dest / name))

@@ -1,0 +1,187 @@
+"""The toy world draws what its captions say, and the evaluator tells the subject from the
+class even on blurry, noisy images like a tiny model's generations."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from dreambooth_core.families import CLIP_BPE_DIR
+from dreambooth_core.toy import evaluator as E
+from dreambooth_core.toy import world as W
+
+
+def degrade(images: list[Image.Image], blur: float = 1.5, noise: float = 12.0) -> list[Image.Image]:
+    """Gaussian blur plus Gaussian pixel noise: roughly what a tiny model's samples look like."""
+    rng = np.random.default_rng(0)
+    out = []
+    for im in images:
+        a = np.asarray(im.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float64)
+        a = a + rng.normal(0.0, noise, a.shape)
+        out.append(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def instances() -> list[Image.Image]:
+    return W.instance_images(6)
+
+
+@pytest.fixture(scope="module")
+def plain() -> list[Image.Image]:
+    """Every plain class x colour x background combination the world can draw."""
+    rng = np.random.default_rng(1)
+    return [
+        W.sample_scene(rng, cls=c, color=col, background=bg, mentions=()).render()
+        for c in W.CLASSES for col in W.OBJECT_COLORS for bg in W.BACKGROUNDS if bg != col
+    ]
+
+
+def test_make_dataset_is_deterministic_by_seed() -> None:
+    a, b, c = W.make_dataset(12, seed=3), W.make_dataset(12, seed=3), W.make_dataset(12, seed=4)
+    assert [cap for _, cap in a] == [cap for _, cap in b]
+    assert all(x.tobytes() == y.tobytes() for (x, _), (y, _) in zip(a, b))
+    assert [cap for _, cap in a] != [cap for _, cap in c]
+    assert all(im.size == (64, 64) and im.mode == "RGB" for im, _ in a)
+    assert W.make_dataset(2, seed=0, resolution=32)[0][0].size == (32, 32)
+    assert W.instance_images(4, seed=1)[3].tobytes() == W.instance_images(4, seed=1)[3].tobytes()
+
+
+def test_caption_words_are_single_clip_tokens() -> None:
+    vocab = json.loads((CLIP_BPE_DIR / "vocab.json").read_text(encoding="utf-8"))
+    captions = [cap for _, cap in W.make_dataset(200, seed=0)] + [W.instance_prompt("sks", "blue")]
+    words = {w for cap in captions for w in cap.replace(",", " ").split()}
+    assert words >= set(W.CLASSES) | set(W.OBJECT_COLORS) | set(W.BACKGROUNDS)
+    assert {w for w in words if f"{w}</w>" not in vocab} == set()
+
+
+def test_caption_states_exactly_the_mentioned_attributes() -> None:
+    scene = W.Scene("box", "red", background="blue", size="small", position="left")
+    assert scene.caption() == "a photo of a small red box on a blue background, on the left"
+    assert W.Scene("tent", "green", mentions=frozenset()).caption() == "a photo of a tent"
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        s = W.sample_scene(rng)
+        cap = s.caption()
+        assert s.cls in cap
+        assert (s.color in cap) == ("color" in s.mentions)
+        assert (f"{s.size} " in cap) == ("size" in s.mentions)
+        assert (W.POSITION_PHRASES[s.position] in cap) == ("position" in s.mentions)
+        assert (f"on a {s.background} background" in cap) == ("background" in s.mentions)
+        if "background" not in s.mentions:
+            assert s.background == W.DEFAULT_BACKGROUND
+
+
+def test_subject_is_never_described_by_words() -> None:
+    assert W.instance_prompt() == "a photo of a sks ball"
+    assert W.instance_prompt("zwx", "blue") == "a photo of a zwx ball on a blue background"
+    assert W.class_prompt() == "a photo of a ball"
+    scene = W.subject_scene(np.random.default_rng(0), background="green")
+    assert scene.caption() == "a photo of a ball on a green background"
+    assert W.SUBJECT_COLOR not in W.OBJECT_COLORS and W.SUBJECT_PATTERN not in W.OBJECT_COLORS
+
+
+@pytest.mark.parametrize("cls", list(W.CLASSES))
+def test_render_shows_background_at_border_and_object_inside(cls: str) -> None:
+    scene = W.Scene(cls, "yellow", background="blue", size="big", position="middle")
+    a = np.asarray(scene.render(64), dtype=int)
+    assert np.abs(a[0, :] - W.COLORS["blue"]).max() <= 1
+    assert np.abs(a[:, -1] - W.COLORS["blue"]).max() <= 1
+    y, x = (40, 32) if cls == "tent" else (32, 32)
+    if cls == "ring":  # the middle of a ring is its hole
+        assert np.abs(a[32, 32] - W.COLORS["blue"]).max() <= 1
+        x = 32 + round(0.375 * W.SIZES["big"] * 64)
+    assert np.abs(a[y, x] - W.COLORS["yellow"]).max() <= 1
+
+
+def test_subject_is_two_toned() -> None:
+    a = np.asarray(W.Scene("ball", "orange", pattern="teal", mentions=frozenset()).render(64), dtype=int)
+    assert np.abs(a[24, 32] - W.COLORS["orange"]).max() <= 1
+    assert np.abs(a[40, 32] - W.COLORS["teal"]).max() <= 1
+
+
+def test_invalid_scenes_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown class"):
+        W.Scene("dog", "red")
+    with pytest.raises(ValueError, match="invisible"):
+        W.Scene("ball", "blue", background="blue")
+    with pytest.raises(ValueError, match="caption attributes"):
+        W.Scene("ball", "red", mentions=frozenset({"mood"}))
+
+
+def test_subject_fidelity_separates_subject_from_every_plain_object(instances, plain) -> None:
+    assert E.subject_fidelity(instances) > 0.9
+    assert max(E.subject_fidelity([im]) for im in plain) < 0.05
+    hi_res = W.instance_images(2, resolution=128)
+    assert E.subject_fidelity(hi_res) > 0.9
+
+
+def test_pretraining_data_never_shows_the_subject() -> None:
+    images = [im for im, _ in W.make_dataset(60, seed=5)]
+    assert E.subject_fidelity(images) < 0.02
+    assert E.prior_preservation(images) > 0.9
+
+
+def test_prompt_fidelity_checks_the_requested_background() -> None:
+    rng = np.random.default_rng(2)
+    on_blue = [W.subject_scene(rng, background="blue").render() for _ in range(4)]
+    assert E.prompt_fidelity(on_blue, "blue") > 0.95
+    for wrong in ("gray", "green", "black", "white"):
+        assert E.prompt_fidelity(on_blue, wrong) < 0.1
+    red_boxes = [W.sample_scene(rng, cls="box", color="red").render() for _ in range(4)]
+    assert E.prompt_fidelity(red_boxes, color="red", cls="box") > 0.9
+    assert E.prompt_fidelity(red_boxes, color="green") < 0.1
+    with pytest.raises(ValueError):
+        E.prompt_fidelity(red_boxes)
+
+
+def test_prior_preservation_is_high_for_the_class_and_low_for_the_subject(instances, plain) -> None:
+    assert E.prior_preservation(W.class_images(30)) > 0.95
+    assert min(E.prior_preservation([im]) for im in plain) > 0.9
+    assert E.prior_preservation(instances) < 0.05
+    # A half-drifted class shows one trait only: the subject's colours, or a two-tone look.
+    orange = [W.Scene("ball", "orange", mentions=frozenset()).render()]
+    assert E.prior_preservation(orange) < 0.2
+    two_tone = [W.Scene("ball", "red", pattern="blue", mentions=frozenset()).render()]
+    assert E.prior_preservation(two_tone) < 0.05
+
+
+@pytest.mark.parametrize("cls", list(W.CLASSES))
+def test_class_fidelity_recognises_each_shape(cls: str) -> None:
+    images = W.class_images(12, seed=3, cls=cls)
+    assert E.class_fidelity(images, cls) > 0.9
+    assert E.class_fidelity(degrade(images), cls) > 0.75
+    others = [c for c in W.CLASSES if c != cls]
+    assert max(E.class_fidelity(images, c) for c in others) < 0.1
+
+
+def test_diversity_is_higher_for_a_varied_set(instances) -> None:
+    assert E.diversity([instances[0]] * 4) == 0.0
+    assert E.diversity(W.class_images(8)) > 0.1
+    assert E.diversity(instances) > E.diversity(degrade([instances[0]] * 4)) + 0.1
+
+
+def test_scores_survive_blur_and_noise(instances, plain) -> None:
+    levels = [(0.0, 0.0), (1.0, 8.0), (1.5, 12.0), (2.5, 20.0)]
+    subject = [E.subject_fidelity(degrade(instances, b, n)) for b, n in levels]
+    assert subject == sorted(subject, reverse=True)  # degrades gradually, never jumps
+    blurry_plain = degrade(plain)
+    assert subject[2] > 0.7 and subject[3] > 0.5
+    assert E.subject_fidelity(blurry_plain) < 0.02
+    assert E.prior_preservation(blurry_plain) > 0.95
+    assert E.prior_preservation(degrade(instances)) < 0.05
+    assert E.prompt_fidelity(degrade(W.class_images(8)), "gray") > 0.9
+    assert E.class_fidelity(degrade(instances), "ball") > 0.8
+
+
+def test_score_all_and_table(instances) -> None:
+    scores = E.score_all(instances, prior_images=W.class_images(6), background="gray")
+    assert list(scores) == ["subject_fidelity", "prompt_fidelity", "class_fidelity",
+                            "prior_preservation", "diversity"]
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    table = E.format_table({"dreambooth": scores, "base": {"subject_fidelity": 0.01}})
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| method")
+    assert f"{scores['subject_fidelity']:.3f}" in lines[2] and "0.010" in lines[3]
