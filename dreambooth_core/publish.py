@@ -1,0 +1,60 @@
+"""Putting a finished artifact where a host looks for it, and telling the user how to use it.
+
+Both host adapters need the same three things — the folder kind of each artifact, an
+atomic copy into the host's folder that never overwrites by accident, and the prompt
+text for that host — so they live here, in the core.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .errors import OutputExistsError, UserError
+from .fileio import atomic_path
+
+# Artifact kinds (events.Artifact.kind) that a host lists, and the suffix each is saved with.
+HOST_KINDS = {"checkpoint": ".safetensors", "lora": ".safetensors", "embedding": ".safetensors", "hypernetwork": ".pt"}
+
+
+def prompt_hint(kind: str, name: str, host: str = "a1111") -> str:
+    """The text to put in a prompt (or the model to pick) to use `name` in `host`."""
+    if kind == "lora":
+        return f"<lora:{name}:0.8>" if host == "a1111" else f"LoraLoader: {name}.safetensors (strength 0.8)"
+    if kind == "embedding":
+        return name if host == "a1111" else f"embedding:{name}"
+    if kind == "hypernetwork":
+        return f"<hypernet:{name}:1>" if host == "a1111" else f"HypernetworkLoader: {name}.pt"
+    if kind == "checkpoint":
+        return f"{name}.safetensors"
+    return name
+
+
+def destination(kind: str, name: str, folder: str | os.PathLike) -> Path:
+    if kind not in HOST_KINDS:
+        raise UserError(f"a {kind} is not something a host lists")
+    return Path(folder) / f"{name}{HOST_KINDS[kind]}"
+
+
+def check_name_free(kind: str, name: str, folder: str | os.PathLike) -> Path:
+    """Fail before training, not after, when the result would overwrite a user's file."""
+    dest = destination(kind, name, folder)
+    if dest.exists():
+        raise OutputExistsError(f"{dest.name} already exists in {dest.parent}: choose another output name")
+    return dest
+
+
+def publish(src: str | os.PathLike, kind: str, name: str, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Copy `src` into `folder` as `<name><suffix>`, atomically: a hard link when the
+    folders share a file system, a copy otherwise; never half a file in the host's list."""
+    source = Path(src)
+    if not source.is_file():
+        raise UserError(f"artifact not found: {source}")
+    dest = destination(kind, name, folder)
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+    return dest
