@@ -1,7 +1,10 @@
 """CLIP tokenizers built from the BPE files shipped in the package (never from the hub)."""
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +15,16 @@ if TYPE_CHECKING:
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>") -> "CLIPTokenizer":
-    """The real CLIP BPE tokenizer (49408 tokens, 77 positions). SD2/SDXL-G pad with '!'."""
+    """The real CLIP BPE tokenizer (49408 tokens, 77 positions). SD2/SDXL-G pad with '!'.
+
+    A fresh copy each call, because Textual Inversion adds tokens to it; building from
+    the BPE files is the slow part, so that happens once per pad token.
+    """
+    return copy.deepcopy(_clip_tokenizer_template(pad_token))
+
+
+@functools.lru_cache(maxsize=None)
+def _clip_tokenizer_template(pad_token: str) -> "CLIPTokenizer":
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer(
@@ -32,6 +44,12 @@ def family_tokenizers(family: Family) -> list["CLIPTokenizer"]:
 
 
 def write_tokenizer_folder(family: Family, dest: Path) -> None:
-    """Write complete tokenizer folders (for a diffusers folder, or a host that wants them)."""
+    """Write complete tokenizer folders (for a diffusers folder, or a host that wants them).
+
+    The BPE files are copied too: newer transformers saves only tokenizer.json, which
+    the older transformers that hosts pin (A1111: 4.30) cannot read.
+    """
     for name, tok in zip(family.tokenizers, family_tokenizers(family)):
         tok.save_pretrained(str(dest / name))
+        for bpe_file in ("vocab.json", "merges.txt"):
+            shutil.copyfile(CLIP_BPE_DIR / bpe_file, dest / name / bpe_file)

@@ -1,0 +1,1 @@
+"""Training data: safe image decoding and captions, class images, bucketing and caches."""

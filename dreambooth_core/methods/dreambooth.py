@@ -1,0 +1,56 @@
+"""DreamBooth (Ruiz et al. 2022): fine-tune the whole UNet (and optionally the text
+encoders) and save a complete checkpoint the hosts load like any other model."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Method, SaveInfo
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..events import Artifact
+
+
+class DreamBoothMethod(Method):
+    name = "dreambooth"
+    artifact_kind = "checkpoint"
+    small_artifacts = False  # a full checkpoint per checkpointing step would fill disks
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.config.train_text_encoder
+
+    @property
+    def needs_full_model(self) -> bool:
+        return True
+
+    def prepare(self) -> None:
+        self.model.unet.requires_grad_(True)
+        if self.trains_text_encoder:
+            for te in self.model.text_encoders:
+                te.requires_grad_(True)
+
+    def trainable_modules(self) -> dict[str, "torch.nn.Module"]:
+        out: dict[str, torch.nn.Module] = {"unet": self.model.unet}
+        if self.trains_text_encoder:
+            out.update(zip(self.model.family.text_encoders, self.model.text_encoders))
+        return out
+
+    def save(self, info: SaveInfo) -> list["Artifact"]:
+        from ..events import Artifact
+        from ..models.loading import save_diffusers, save_single_file
+
+        # save_single_file adds the architecture facts (modelspec.architecture, prediction type)
+        meta = {**self.common_metadata(info), "modelspec.title": info.stem,
+                "modelspec.trigger_phrase": self.trigger(info)}
+        out = []
+        if "single-file" in self.config.formats:
+            path = info.out_dir / f"{info.stem}.safetensors"
+            save_single_file(self.model, path, dtype=self.config.save_dtype, metadata=meta, overwrite=info.overwrite)
+            out.append(Artifact(kind="checkpoint", path=str(path), name=info.stem, prompt_hint=path.name, final=info.final))
+        if "diffusers" in self.config.formats:
+            folder = info.out_dir / info.stem
+            save_diffusers(self.model, folder, dtype=self.config.save_dtype, overwrite=info.overwrite)
+            out.append(Artifact(kind="diffusers", path=str(folder), name=info.stem, prompt_hint=folder.name, final=info.final))
+        return out

@@ -1,0 +1,382 @@
+"""Pretrain the bundled toy base model from scratch on the toy world (CPU, tens of minutes).
+
+    python -m dreambooth_core.toy.pretrain --out toy_sd1.safetensors [--seed 0] [--minutes 30]
+
+Two phases, like Stable Diffusion itself: first the VAE learns to reconstruct images, then
+the text encoder and UNet learn, jointly, to denoise the VAE's latents of captioned world
+scenes (with empty captions now and then, for classifier-free guidance). The VAE also sees
+random flat shapes in arbitrary colours, two-toned half the time, so that it reproduces
+colours the world never shows - above all the subject's orange and teal, which DreamBooth
+must later learn - without ever seeing the subject's instance images.
+
+`--minutes` scales the step counts (it is a nominal budget on a 2-core CPU, not a
+wall-clock limit), so the same arguments give the same weights on the same machine.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from . import world as W
+from .model import FAMILY, RESOLUTION, build_toy_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.base import BaseModel
+
+NOMINAL_MINUTES = 30.0  # the step counts below are for this budget
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Hyper-parameters of both phases; step counts are for NOMINAL_MINUTES."""
+
+    seed: int = 0
+    minutes: float = NOMINAL_MINUTES
+    vae_steps: int = 1200
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-4      # per latent element, against a per-pixel L1: keeps latents tame
+    edge_weight: float = 0.5     # L1 of image gradients: crisp shape edges
+    initial_logvar: float = -6.0  # of the VAE posterior, at initialisation
+    scenes: int = 12000          # distinct world scenes whose latents are cached
+    unet_steps: int = 1500
+    unet_batch: int = 48
+    lr: float = 6e-4
+    warmup: int = 100
+    cfg_dropout: float = 0.1     # empty caption, for classifier-free guidance
+    min_snr_gamma: float = 5.0   # min-SNR loss weighting: faster convergence at equal steps
+
+    def steps(self, nominal: int) -> int:
+        return max(1, round(nominal * self.minutes / NOMINAL_MINUTES))
+
+
+# ------------------------------------------------------------------ data
+
+def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """Any colour: uniform RGB half the time, otherwise a saturated hue (which uniform RGB
+    rarely gives, and the subject's orange and teal are)."""
+    if rng.random() < 0.5:
+        return tuple(int(v) for v in rng.integers(0, 256, 3))
+    h, s, v = rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.45, 1.0)
+    return tuple(round(255 * c) for c in colorsys.hsv_to_rgb(h, s, v))
+
+
+def random_object_image(rng: np.random.Generator, resolution: int = RESOLUTION) -> Image.Image:
+    """One world shape in arbitrary colours, size and place; two-toned (upper/lower half)
+    half the time. VAE training data beyond the world's palette."""
+    side = resolution * W.SUPERSAMPLE
+    canvas = Image.new("RGB", (side, side), _random_colour(rng))
+    cls = list(W.CLASSES)[int(rng.integers(len(W.CLASSES)))]
+    fw, fh = W.CLASSES[cls]
+    extent = rng.uniform(0.25, 0.7) * side
+    w, h = max(1, round(fw * extent * rng.uniform(0.8, 1.25))), max(1, round(fh * extent))
+    obj = Image.new("RGB", (w, h), _random_colour(rng))
+    if rng.random() < 0.5:
+        obj.paste(_random_colour(rng), (0, round(h * rng.uniform(0.3, 0.7)), w, h))
+    cx, cy = rng.uniform(0.3, 0.7, 2) * side
+    canvas.paste(obj, (round(cx - w / 2), round(cy - h / 2)), W.shape_mask(cls, (w, h)))
+    return canvas.resize((resolution, resolution), Image.Resampling.BOX)
+
+
+def to_tensor(images: Sequence[Image.Image]) -> "torch.Tensor":
+    """PIL images -> N x 3 x H x W float tensor in [-1, 1] (the VAE's input range)."""
+    import torch
+
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def to_images(x: "torch.Tensor") -> list[Image.Image]:
+    """The inverse of `to_tensor` (clamped and rounded to uint8)."""
+    import torch
+
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
+
+
+def vae_batch(rng: np.random.Generator, n: int) -> "torch.Tensor":
+    """Half world scenes, half arbitrary-colour shapes."""
+    images = [
+        W.sample_scene(rng).render(RESOLUTION) if rng.random() < 0.5 else random_object_image(rng)
+        for _ in range(n)
+    ]
+    return to_tensor(images)
+
+
+def random_caption(scene: W.Scene, rng: np.random.Generator) -> str:
+    """A fresh caption for a cached scene: size, colour and position are stated or not with
+    the world's probabilities; the background is stated as the scene says (an unstated one
+    must be the default gray)."""
+    mentions = {a for a in ("size", "color", "position") if rng.random() < W.MENTION_PROB[a]}
+    mentions |= scene.mentions & {"background"}
+    return dataclasses.replace(scene, mentions=frozenset(mentions)).caption()
+
+
+# ------------------------------------------------------------------ training
+
+def _optimizer(params, lr: float, warmup: int, steps: int):
+    import torch
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    return opt, get_cosine_schedule_with_warmup(opt, warmup, steps)
+
+
+def _log_every(steps: int) -> int:
+    return max(1, steps // 20)
+
+
+def train_vae(model: "BaseModel", cfg: PretrainConfig, log: Callable[[str], None]) -> None:
+    """Reconstruction (L1 + edge L1) plus a small KL term; then set `scaling_factor` so the
+    world's latents have unit variance, as SD's 0.18215 does for its VAE."""
+    import torch
+
+    vae = model.vae.train()
+    with torch.no_grad():  # start with a narrow posterior: the decoder sees the encoder's
+        logvar = slice(vae.config.latent_channels, None)  # signal from step one, not unit noise
+        vae.encoder.conv_out.weight[logvar] *= 0.1
+        vae.encoder.conv_out.bias[logvar] = cfg.initial_logvar
+    steps = cfg.steps(cfg.vae_steps)
+    opt, sched = _optimizer(vae.parameters(), cfg.vae_lr, min(cfg.warmup, steps // 10), steps)
+    rng = np.random.default_rng([cfg.seed, 1])
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    start = time.time()
+    for step in range(1, steps + 1):
+        x = vae_batch(rng, cfg.vae_batch)
+        posterior = vae.encode(x).latent_dist
+        y = vae.decode(posterior.sample(generator=gen)).sample
+        rec = (y - x).abs().mean()
+        edge = sum((torch.diff(y, dim=d) - torch.diff(x, dim=d)).abs().mean() for d in (2, 3))
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        loss = rec + cfg.edge_weight * edge + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % _log_every(steps) == 0 or step == steps:
+            log(f"vae {step}/{steps} rec {rec.item():.4f} edge {edge.item():.4f} kl {kl.item():.2f} "
+                f"({time.time() - start:.0f}s)")
+    vae.eval()
+
+
+@dataclass
+class LatentCache:
+    """The scaled latents of `scenes`, encoded once, for the denoiser phase."""
+
+    scenes: list[W.Scene]
+    latents: "torch.Tensor"
+
+
+def encode_scenes(model: "BaseModel", cfg: PretrainConfig, batch: int = 64) -> LatentCache:
+    """Encode `cfg.scenes` world scenes (posterior means) and fix the VAE's scaling factor."""
+    import torch
+
+    rng = np.random.default_rng([cfg.seed, 2])
+    scenes = [W.sample_scene(rng) for _ in range(cfg.scenes)]
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, len(scenes), batch):
+            x = to_tensor([s.render(RESOLUTION) for s in scenes[i : i + batch]])
+            chunks.append(model.vae.encode(x).latent_dist.mean)
+    latents = torch.cat(chunks)
+    scale = round(1.0 / latents.std().item(), 5)
+    model.vae.register_to_config(scaling_factor=scale)
+    return LatentCache(scenes, latents * scale)
+
+
+class CaptionEncoder:
+    """Token ids of captions, cached: the world has only a few thousand distinct captions."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._ids: dict[str, list[int]] = {}
+
+    def __call__(self, captions: Sequence[str]) -> "torch.Tensor":
+        import torch
+
+        for c in captions:
+            if c not in self._ids:
+                self._ids[c] = self.tokenizer(
+                    c, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True
+                ).input_ids
+        return torch.tensor([self._ids[c] for c in captions])
+
+
+def train_denoiser(model: "BaseModel", cache: LatentCache, cfg: PretrainConfig, log: Callable[[str], None]) -> None:
+    """Text encoder and UNet together, epsilon prediction on SD1's DDPM schedule, with
+    min-SNR-weighted MSE and `cfg_dropout` empty captions."""
+    import torch
+
+    unet, text_encoder = model.unet.train(), model.text_encoders[0].train()
+    noise_scheduler = model.noise_scheduler()
+    alphas = noise_scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr if cfg.min_snr_gamma > 0 else torch.ones_like(snr)
+    tokens = CaptionEncoder(model.tokenizers[0])
+    steps = cfg.steps(cfg.unet_steps)
+    opt, sched = _optimizer([*unet.parameters(), *text_encoder.parameters()], cfg.lr, cfg.warmup, steps)
+    rng = np.random.default_rng([cfg.seed, 3])
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    n_train = noise_scheduler.config.num_train_timesteps
+    start, running = time.time(), 0.0
+    for step in range(1, steps + 1):
+        idx = rng.integers(len(cache.scenes), size=cfg.unet_batch)
+        captions = ["" if rng.random() < cfg.cfg_dropout else random_caption(cache.scenes[i], rng) for i in idx]
+        latents = cache.latents[torch.from_numpy(idx)]
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, n_train, (cfg.unet_batch,), generator=gen)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        context = text_encoder(tokens(captions))[0]
+        pred = unet(noisy, t, context).sample
+        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per_sample * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*unet.parameters(), *text_encoder.parameters()], 1.0)
+        opt.step()
+        sched.step()
+        running += per_sample.mean().item()
+        every = _log_every(steps)
+        if step % every == 0 or step == steps:
+            log(f"unet {step}/{steps} mse {running / (step % every or every):.4f} ({time.time() - start:.0f}s)")
+            running = 0.0
+    unet.eval()
+    text_encoder.eval()
+
+
+# ------------------------------------------------------------------ evaluation
+
+# (prompt, what prompt_fidelity checks): background (gray when unstated), colour, class.
+EVAL_PROMPTS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("a photo of a red box", dict(background="gray", color="red", cls="box")),
+    ("a photo of a ball on a blue background", dict(background="blue", cls="ball")),
+    ("a photo of a green tent on a black background", dict(background="black", color="green", cls="tent")),
+    ("a photo of a yellow ring on a white background", dict(background="white", color="yellow", cls="ring")),
+    ("a photo of a big purple ball on a green background", dict(background="green", color="purple", cls="ball")),
+)
+
+
+def vae_round_trip(model: "BaseModel", images: Sequence[Image.Image]) -> list[Image.Image]:
+    import torch
+
+    with torch.no_grad():
+        x = to_tensor(images)
+        return to_images(model.vae.decode(model.vae.encode(x).latent_dist.mean).sample)
+
+
+def evaluate(model: "BaseModel", n: int = 16, seed: int = 1000, steps: int = 20, guidance_scale: float = 6.0) -> dict[str, dict[str, float]]:
+    """Evaluator scores of the base model: prompts follow, the class prior is plain and
+    varied, the subject cannot be drawn, and the VAE reproduces the subject."""
+    from . import evaluator as E
+    from .model import toy_generate
+
+    rows: dict[str, dict[str, float]] = {}
+    for prompt, asked in EVAL_PROMPTS:
+        images = toy_generate(model, prompt, n, steps=steps, guidance_scale=guidance_scale, seed=seed)
+        rows[prompt] = {
+            "prompt_fidelity": E.prompt_fidelity(images, **asked),
+            "class_fidelity": E.class_fidelity(images, asked["cls"]),
+            "diversity": E.diversity(images),
+        }
+    plain = toy_generate(model, W.class_prompt(), n, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    rows[W.class_prompt()] = {
+        "prompt_fidelity": E.prompt_fidelity(plain, background="gray", cls="ball"),
+        "class_fidelity": E.class_fidelity(plain), "prior_preservation": E.prior_preservation(plain),
+        "diversity": E.diversity(plain),
+    }
+    subject = toy_generate(model, W.instance_prompt(), n, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    rows[W.instance_prompt()] = {"subject_fidelity": E.subject_fidelity(subject), "class_fidelity": E.class_fidelity(subject)}
+    rows["VAE round trip of instance_images()"] = {"subject_fidelity": E.subject_fidelity(vae_round_trip(model, W.instance_images()))}
+    rows["instance_images() (reference)"] = {"subject_fidelity": E.subject_fidelity(W.instance_images())}
+    return rows
+
+
+# ------------------------------------------------------------------ entry point
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__}
+
+
+def pretrain(cfg: PretrainConfig, log: Callable[[str], None] = print) -> tuple["BaseModel", dict[str, float]]:
+    """Build and train the toy model; returns it with the wall time of each phase (s)."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+    model = build_toy_model(cfg.seed)
+    times: dict[str, float] = {}
+    t0 = time.time()
+    train_vae(model, cfg, log)
+    times["vae"] = time.time() - t0
+    t0 = time.time()
+    cache = encode_scenes(model, cfg)
+    times["encode"] = time.time() - t0
+    log(f"encoded {len(cache.scenes)} scenes in {times['encode']:.0f}s; scaling_factor {model.vae.config.scaling_factor}")
+    t0 = time.time()
+    train_denoiser(model, cache, cfg, log)
+    times["denoiser"] = time.time() - t0
+    model.metadata = {
+        "modelspec.title": "dreambooth_core toy sd1",
+        "modelspec.description": "Tiny SD1-architecture model pretrained on dreambooth_core.toy.world (64 px).",
+        "modelspec.resolution": f"{RESOLUTION}x{RESOLUTION}",
+        "dreambooth_core.toy.pretrain": json.dumps({"config": dataclasses.asdict(cfg), "versions": _versions()}, sort_keys=True),
+    }
+    return model, times
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..fileio import check_output
+    from ..models.loading import save_single_file
+
+    parser = argparse.ArgumentParser(prog="python -m dreambooth_core.toy.pretrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="the .safetensors single file to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--minutes", type=float, default=NOMINAL_MINUTES,
+                        help="nominal 2-core CPU budget; scales the step counts (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--evaluate", action="store_true", help="print evaluator scores of the result")
+    args = parser.parse_args(argv)
+    check_output(args.out, args.overwrite)
+    cfg = PretrainConfig(seed=args.seed, minutes=args.minutes)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    log(f"pretraining toy {FAMILY} model: {cfg}; {_versions()}")
+    start = time.time()
+    model, times = pretrain(cfg, log)
+    save_single_file(model, args.out, dtype="fp16", overwrite=args.overwrite)
+    log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); wall time {time.time() - start:.0f}s "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    if args.evaluate:
+        from . import evaluator as E
+        from .model import load_toy_model
+
+        log(E.format_table(evaluate(load_toy_model(args.out))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""HTTP API on the WebUI's own app, for scripting like its /sdapi routes (enabled by --api):
+
+    POST /dreambooth/v1/runs                  {"preset": "lora", "config": {TrainConfig keys}} → the run's status
+    GET  /dreambooth/v1/runs                  every run this session knows
+    GET  /dreambooth/v1/runs/{id}             status, loss curve, samples, log, and where results went
+    GET  /dreambooth/v1/runs/{id}/events?since=N   events from position N on, and the next position
+    POST /dreambooth/v1/runs/{id}/cancel      cancel (the run saves a resumable state)
+
+`config.base_model` may name a checkpoint as the WebUI lists it, or be a path. Every path
+must lie inside the WebUI's data or model folders, a result folder, or the runs folder;
+`output_dir` defaults to the runs folder. With --api-auth the same users apply.
+`RunsApi` is plain Python (tested without a server); `mount` binds it to FastAPI.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+from dreambooth_core.config import load_config
+from dreambooth_core.errors import OutputExistsError, UserError
+from dreambooth_core.jobs.worker import PATH_KEYS
+
+from . import host
+from .session import Session
+
+PREFIX = "/dreambooth/v1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RunsApi:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def routes(self) -> list[tuple[str, str, Callable[..., Any]]]:
+        return [("POST", "/runs", self.start), ("GET", "/runs", self.list_runs), ("GET", "/runs/{run_id}", self.status),
+                ("GET", "/runs/{run_id}/events", self.events), ("POST", "/runs/{run_id}/cancel", self.cancel)]
+
+    def start(self, body: Dict[str, Any]) -> dict:
+        settings = body.get("config", {})
+        if not isinstance(settings, dict) or set(body) - {"config", "preset"}:
+            raise ApiError(400, 'send {"preset": NAME (optional), "config": {TrainConfig keys}}')
+        settings = dict(settings)
+        settings.setdefault("output_dir", str(host.runs_dir()))
+        base = settings.get("base_model")
+        if base and not Path(str(base)).is_absolute():  # a checkpoint as the WebUI lists it
+            settings["base_model"] = host.checkpoint_file(str(base))
+        for key in PATH_KEYS:
+            value = settings.get(key)
+            if value and not (key == "resume_from" and value == "latest") and not host.is_allowed(value):
+                raise ApiError(403, f"{key}: {value} is outside the folders this API may use "
+                                    "(the WebUI's data and model folders and the DreamBooth runs folder)")
+        config = load_config(preset=body.get("preset"), overrides=settings)
+        return self.session.manager.status_dict(self.session.start(config))
+
+    def list_runs(self) -> dict:
+        return {"runs": [self.session.manager.status_dict(job.id) for job in self.session.manager.list()]}
+
+    def status(self, run_id: str) -> dict:
+        return self.session.view(self._known(run_id))
+
+    def events(self, run_id: str, since: int = 0) -> dict:
+        events = self.session.job(self._known(run_id)).events_since(max(0, since))
+        return {"events": [e.to_dict() for e in events], "next": max(0, since) + len(events)}
+
+    def cancel(self, run_id: str) -> dict:
+        self.session.cancel(self._known(run_id))
+        return self.session.manager.status_dict(run_id)
+
+    def _known(self, run_id: str) -> str:
+        try:
+            self.session.job(run_id)
+        except UserError as exc:
+            raise ApiError(404, str(exc)) from None
+        return run_id
+
+
+def call(endpoint: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run an endpoint, turning input errors into ApiError with the right HTTP status."""
+    try:
+        return endpoint(*args, **kwargs)
+    except OutputExistsError as exc:
+        raise ApiError(409, str(exc)) from None
+    except UserError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def mount(app, api: RunsApi) -> None:
+    """Add the routes to the WebUI's FastAPI app (the WebUI's --api-auth users, if any)."""
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    users = host.api_auth()
+    dependencies = None
+    if users:
+        import secrets
+
+        def authorise(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:
+            expected = users.get(credentials.username)
+            if expected is not None and secrets.compare_digest(credentials.password, expected):
+                return True
+            raise HTTPException(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+
+        dependencies = [Depends(authorise)]
+
+    def http(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(endpoint)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return call(endpoint, *args, **kwargs)
+            except ApiError as exc:
+                raise HTTPException(exc.status, str(exc)) from None
+        return handler
+
+    for method, path, endpoint in api.routes():
+        app.add_api_route(PREFIX + path, http(endpoint), methods=[method], dependencies=dependencies)
+
+
+def on_app_started(demo, app) -> None:
+    if host.api_enabled():
+        from .session import get_session
+
+        mount(app, RunsApi(get_session()))

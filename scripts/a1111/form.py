@@ -1,0 +1,192 @@
+"""The tab's form, as data: its fields in order, what the method and preset controls fill
+in, and the `TrainConfig` the values make. No gradio here, so all of it is plain to test.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS, PRESETS, TrainConfig, config_from_dict,
+                                    load_config)
+from dreambooth_core.data.images import IMAGE_SUFFIXES
+from dreambooth_core.errors import OutputExistsError, UserError
+from dreambooth_core.train.run_dir import RunDir
+
+from . import host
+
+# Method label → (TrainConfig.method, the preset it starts from).
+METHODS: dict[str, tuple[str, str]] = {
+    "DreamBooth": ("dreambooth", "dreambooth"),
+    "DreamBooth+LoRA": ("lora", "dreambooth-lora"),
+    "LoRA": ("lora", "lora"),
+    "Textual Inversion": ("textual_inversion", "textual_inversion"),
+    "Hypernetwork": ("hypernetwork", "hypernetwork"),
+}
+
+# The "Advanced" accordion: TrainConfig keys, in display order.
+ADVANCED = ("max_train_steps", "learning_rate", "train_batch_size", "gradient_accumulation_steps", "resolution",
+            "lr_scheduler", "lr_warmup_steps", "optimizer", "mixed_precision", "seed", "rank", "alpha",
+            "train_text_encoder", "num_vectors", "prior_loss_weight", "checkpointing_steps", "validation_steps",
+            "num_validation_images", "save_dtype", "gradient_checkpointing")
+CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "optimizer": OPTIMIZERS,
+                                       "mixed_precision": MIXED_PRECISION, "save_dtype": ("fp16", "bf16", "fp32")}
+LABELS = {"resolution": "resolution (0: the model's own)", "max_train_steps": "steps", "train_batch_size": "batch size",
+          "alpha": "LoRA alpha", "rank": "LoRA rank", "num_vectors": "vectors per token (TI)",
+          "checkpointing_steps": "save a resumable state every N steps (0: at the end)",
+          "validation_steps": "samples every N steps (0: before and after)"}
+
+# Every input of the Train/Resume handlers, in the order they are passed.
+FORM_KEYS = ("checkpoint", "method", "images_dir", "uploads", "token", "class_noun", "instance_prompt", "class_prompt",
+             "prior", "num_class_images", "preset", "output_name", "overwrite", *ADVANCED)
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def field_type(key: str) -> str:
+    """'choice', 'bool', 'int' or 'float': which control shows `key`."""
+    if key in CHOICES:
+        return "choice"
+    hint = _HINTS[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return {bool: "bool", int: "int", float: "float"}[args[0]]
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def presets_for(method_label: str) -> list[str]:
+    method = METHODS[method_label][0]
+    return [name for name, values in PRESETS.items() if values["method"] == method]
+
+
+def method_for_preset(preset: str) -> str:
+    """The method label a preset belongs to (its own label when it is one's starting preset)."""
+    for method_label, (_, start) in METHODS.items():
+        if start == preset:
+            return method_label
+    method = PRESETS[preset]["method"]
+    return next(lbl for lbl, (m, _) in METHODS.items() if m == method)
+
+
+def preset_values(preset: str) -> dict[str, Any]:
+    """What a preset puts in the form: the Advanced fields, prior preservation, class images."""
+    cfg = config_from_dict(PRESETS[preset], TrainConfig())
+    values = {key: getattr(cfg, key) for key in ADVANCED}
+    values["resolution"] = values["resolution"] or 0
+    values["prior"] = cfg.with_prior_preservation
+    values["num_class_images"] = cfg.num_class_images
+    return values
+
+
+def prompts(token: str, class_noun: str) -> tuple[str, str]:
+    """The instance and class prompts for a token and class noun (the config's own templates)."""
+    cfg = TrainConfig(token=(token or "").strip(), class_noun=(class_noun or "").strip())
+    return cfg.instance_prompt_text, cfg.class_prompt_text
+
+
+# ---- values → config ------------------------------------------------------------------------
+
+@dataclass
+class Form:
+    values: dict[str, Any]
+
+    @classmethod
+    def from_args(cls, args: tuple) -> "Form":
+        if len(args) != len(FORM_KEYS):
+            raise TypeError(f"expected {len(FORM_KEYS)} form values, got {len(args)}")
+        return cls(dict(zip(FORM_KEYS, args)))
+
+    def text(self, key: str) -> str:
+        return str(self.values.get(key) or "").strip()
+
+    @property
+    def name(self) -> str:
+        return self.text("output_name") or TrainConfig(token=self.text("token") or "zwx", class_noun=self.text("class_noun")).name
+
+
+def uploaded_paths(uploads: Any) -> list[Path]:
+    """Paths of gradio File uploads: objects with `.name` (gradio 3) or plain paths (gradio 4)."""
+    items = uploads if isinstance(uploads, (list, tuple)) else ([uploads] if uploads else [])
+    return [Path(getattr(item, "name", item)) for item in items]
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def instance_images(form: Form, runs: Path) -> Path:
+    """The folder of the subject's images: uploads are copied into `runs/datasets/<name>/`
+    (replacing an earlier upload of that name), else the folder typed in must hold images."""
+    uploads = [p for p in uploaded_paths(form.values.get("uploads")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if form.values.get("uploads") and not uploads:
+        raise UserError(f"none of the uploaded files is an image ({', '.join(IMAGE_SUFFIXES)})")
+    if uploads:
+        dest = runs / "datasets" / form.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{form.name}.", dir=dest.parent))
+        for i, src in enumerate(uploads):
+            shutil.copyfile(src, staging / f"{i:03d}_{src.name}")
+        shutil.rmtree(dest, ignore_errors=True)
+        staging.rename(dest)
+        return dest
+    typed = form.text("images_dir")
+    if not typed:
+        raise UserError("give the folder with your subject's photos, or upload them")
+    folder = Path(typed).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"the image folder {folder} does not exist")
+    if not image_files(folder):
+        raise UserError(f"no images in {folder}: put your photos there as {', '.join(IMAGE_SUFFIXES)}")
+    return folder
+
+
+def build_config(form: Form, resume: bool = False) -> TrainConfig:
+    """The validated config the form describes; UserError (one sentence) on bad input."""
+    v = form.values
+    method = METHODS.get(v.get("method") or "")
+    if method is None:
+        raise UserError(f"choose a method: {', '.join(METHODS)}")
+    preset = v.get("preset") or method[1]
+    runs = host.runs_dir()
+    overrides: dict[str, Any] = {key: v[key] for key in ADVANCED if v.get(key) is not None}
+    overrides["resolution"] = int(v.get("resolution") or 0) or None
+    overrides.update(
+        method=method[0],
+        base_model=host.checkpoint_file(v.get("checkpoint")),
+        token=form.text("token"),
+        class_noun=form.text("class_noun"),
+        instance_prompt=form.text("instance_prompt") or TrainConfig.instance_prompt,
+        class_prompt=form.text("class_prompt") or TrainConfig.class_prompt,
+        with_prior_preservation=bool(v.get("prior")),
+        num_class_images=int(v.get("num_class_images") or 0),
+        output_name=form.name,
+        overwrite=bool(v.get("overwrite")),
+        output_dir=str(runs),
+    )
+    if not overrides["token"]:
+        raise UserError("type a token: a rare word such as 'zwx' that will stand for your subject")
+    overrides["instance_data_dir"] = str(instance_images(form, runs))
+    if resume:
+        overrides["resume_from"] = "latest"
+    config = load_config(preset=preset, overrides=overrides)
+    check_run_folder(config, resume)
+    return config
+
+
+def check_run_folder(config: TrainConfig, resume: bool) -> None:
+    """Resume needs a saved state; a fresh run must not mix into an earlier run of that name."""
+    run = RunDir.for_config(config)
+    if resume:
+        if run.resume_folder("latest") is None:
+            raise UserError(f"nothing to resume for {config.name}: no saved state in {run.state}; press Train")
+        return
+    try:
+        run.check_fresh(config.overwrite)
+    except OutputExistsError:
+        raise OutputExistsError(f"{config.name} was trained before ({run.root}): press Resume to continue it, "
+                                "choose another output name, or tick Overwrite") from None

@@ -1,0 +1,94 @@
+"""A fake ComfyUI session for the node tests: the fake host modules on sys.path, a
+temporary ComfyUI folder, the node pack loaded the way ComfyUI loads it, and nodes run
+the way its executor runs them (hidden inputs, class clone, under torch.inference_mode).
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+FAKE_DIR = Path(__file__).resolve().parent
+REPO = FAKE_DIR.parents[1]
+FAKE_MODULES = ("folder_paths", "comfy", "comfy_api", "comfy_execution", "comfy_extras", "server")
+
+
+def _purge(prefixes: tuple[str, ...]) -> None:
+    for name in list(sys.modules):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            del sys.modules[name]
+
+
+class Host:
+    """One ComfyUI process: `nodes` maps node ids to the registered classes."""
+
+    def __init__(self, base: Path):
+        _purge(FAKE_MODULES)
+        sys.path.insert(0, str(FAKE_DIR))
+        import comfy.model_management
+        import comfy.utils
+        import folder_paths
+        import server
+
+        folder_paths.reset(str(base))
+        self.folder_paths = folder_paths
+        self.mm = comfy.model_management
+        self.mm.calls.clear()
+        self.server = server.PromptServer()
+        self.progress: list[tuple[int, int, Any]] = []
+        self.on_progress = None  # test hook: called with (value, total) after each report
+        comfy.utils.set_progress_bar_global_hook(self._hook)
+        self.package_name = str(REPO).replace(".", "_x_")
+        self.package = self._load_package()
+        self.extension = asyncio.run(self.package.comfy_entrypoint())
+        self.nodes = {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(self.extension.get_node_list())}
+
+    def _hook(self, value, total, preview_image, prompt_id=None, node_id=None):
+        """What ComfyUI's main.py installs: check the interrupt first, then report."""
+        self.mm.throw_exception_if_processing_interrupted()
+        self.progress.append((value, total, preview_image))
+        if self.on_progress is not None:
+            self.on_progress(value, total)
+
+    def _load_package(self):
+        """As nodes.load_custom_node: exec the package's __init__.py under a path-derived name."""
+        spec = importlib.util.spec_from_file_location(self.package_name, REPO / "__init__.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[self.package_name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    def folder(self, kind: str) -> Path:
+        return Path(self.folder_paths.get_folder_paths(kind)[0])
+
+    def run(self, node_id: str, unique_id: str = "1", **inputs: Any):
+        """Execute a node as the executor does; returns its NodeOutput."""
+        import torch
+
+        cls = self.nodes[node_id]
+        cls.VALIDATE_CLASS()
+        clone = cls.PREPARE_CLASS_CLONE({"UNIQUE_ID": unique_id, "PROMPT": {}, "EXTRA_PNGINFO": {}})
+        with torch.inference_mode():
+            return clone.EXECUTE_NORMALIZED(**inputs)
+
+    def validate(self, node_id: str, **inputs: Any):
+        """The node's validate_inputs with the inputs it names (as execution.validate_inputs passes them)."""
+        import inspect
+
+        cls = self.nodes[node_id]
+        fn = cls._real_override("validate_inputs")
+        if fn is None:
+            return True
+        wanted = inspect.getfullargspec(fn).args
+        return fn(**{k: v for k, v in inputs.items() if k in wanted})
+
+    def interrupt(self) -> None:
+        """What POST /interrupt does."""
+        self.mm.interrupt_current_processing(True)
+
+    def close(self) -> None:
+        _purge(FAKE_MODULES + (self.package_name,))
+        if str(FAKE_DIR) in sys.path:
+            sys.path.remove(str(FAKE_DIR))

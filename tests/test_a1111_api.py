@@ -1,0 +1,171 @@
+"""The HTTP API on the WebUI's app: start a run from a config, read its status and events,
+cancel, list; paths outside the WebUI's folders are refused; only with --api, and with
+--api-auth's users when set."""
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from a1111_fake import fake_webui
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_RUN_ENV = {"DREAMBOOTH_CORE_FAKE_RUNNER": "fake_trainer:run", "PYTHONPATH": str(fake_webui.FAKE_DIR),
+                "FAKE_TRAINER_DELAY": "0.001"}
+
+
+@pytest.fixture
+def webui(tmp_path):
+    with fake_webui.installed():
+        w = fake_webui.start(tmp_path / "webui", REPO, api=True)
+        (w.folders["checkpoint"] / "base.safetensors").write_bytes(b"{}")
+        w.sd_models.list_models()
+        w.shared.opts.set("dreambooth_core_worker_python", sys.executable)
+        adapter = sys.modules["dreambooth_core_a1111"]
+        w.session = adapter.session.get_session()
+        w.session.manager.env.update(FAKE_RUN_ENV)
+        w.api = adapter.api
+        w.runs = adapter.api.RunsApi(w.session)
+        w.images = w.root / "inputs" / "photos"
+        w.images.mkdir(parents=True)
+        Image.new("RGB", (64, 64), "red").save(w.images / "a.png")
+        yield w
+        for job in w.session.manager.list():
+            job.cancel()
+            job.wait(60)
+
+
+def body(w, **config):
+    return {"preset": "lora", "config": {"base_model": "base.safetensors", "instance_data_dir": str(w.images),
+                                         "class_noun": "dog", "max_train_steps": 4, **config}}
+
+
+def call(w, name, *args, **kwargs):
+    return w.api.call(getattr(w.runs, name), *args, **kwargs)
+
+
+def settle(w, run_id, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not w.session.view(run_id)["settled"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return w.session.view(run_id)
+
+
+def test_start_follow_and_list_a_run(webui):
+    started = call(webui, "start", body(webui))
+    assert started["status"] in ("queued", "running", "completed") and started["name"] == "zwx_dog"
+    view = settle(webui, started["id"])
+    assert view["status"] == "completed"
+    assert view["delivered"][0]["path"] == str(webui.folders["lora"] / "zwx_dog.safetensors")
+    assert call(webui, "status", started["id"])["delivered"] == view["delivered"]
+    first = call(webui, "events", started["id"], since=0)
+    kinds = [e["type"] for e in first["events"]]
+    assert kinds[0] == "started" and kinds[-1] == "done" and "artifact" in kinds
+    assert call(webui, "events", started["id"], since=first["next"]) == {"events": [], "next": first["next"]}
+    assert [r["id"] for r in call(webui, "list_runs")["runs"]] == [started["id"]]
+    assert view["run_dir"] == str(webui.root / "outputs" / "dreambooth_core" / "zwx_dog")
+
+
+def test_cancel_through_the_api_leaves_a_resumable_run(webui):
+    webui.session.manager.env["FAKE_TRAINER_DELAY"] = "0.02"
+    run_id = call(webui, "start", body(webui, max_train_steps=500))["id"]
+    deadline = time.monotonic() + 60
+    while not (webui.session.job(run_id).progress and webui.session.job(run_id).progress.step >= 2):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    call(webui, "cancel", run_id)
+    view = settle(webui, run_id)
+    assert view["status"] == "cancelled"
+    resumed = call(webui, "start", body(webui, max_train_steps=view["train_step"] + 2, resume_from="latest"))
+    assert settle(webui, resumed["id"])["status"] == "completed"
+
+
+@pytest.mark.parametrize("key", ["instance_data_dir", "output_dir", "base_model", "class_data_dir", "resume_from"])
+def test_paths_outside_the_allowed_folders_are_refused(webui, tmp_path, key):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, **{key: str(outside / ("x.safetensors" if key == "base_model" else ""))}))
+    assert err.value.status == 403 and key in str(err.value) and "outside the folders" in str(err.value)
+    assert webui.session.manager.list() == []
+
+
+def test_symlinks_cannot_smuggle_a_path_out(webui, tmp_path):
+    (tmp_path / "secret").mkdir()
+    (webui.root / "inputs" / "link").symlink_to(tmp_path / "secret")
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, instance_data_dir=str(webui.root / "inputs" / "link")))
+    assert err.value.status == 403
+
+
+@pytest.mark.parametrize("request_body, status, message", [
+    ({"config": {"nope": 1}}, 400, "unknown config key 'nope'"),
+    ({"config": {}, "extra": 1}, 400, '"config"'),
+    ({"preset": "lora", "config": {"base_model": "missing.safetensors"}}, 400, "not in the WebUI's list"),
+])
+def test_bad_requests_get_a_clear_status(webui, request_body, status, message):
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", request_body)
+    assert err.value.status == status and message in str(err.value)
+
+
+def test_an_existing_result_is_a_conflict_and_an_unknown_run_is_not_found(webui):
+    (webui.folders["lora"] / "zwx_dog.safetensors").write_bytes(b"mine")
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui))
+    assert err.value.status == 409
+    for name, args in (("status", ("nope",)), ("events", ("nope",)), ("cancel", ("nope",))):
+        with pytest.raises(webui.api.ApiError) as err:
+            call(webui, name, *args)
+        assert err.value.status == 404
+
+
+def test_a_fresh_run_into_an_earlier_runs_folder_is_a_conflict(webui):
+    settle(webui, call(webui, "start", body(webui))["id"])
+    (webui.folders["lora"] / "zwx_dog.safetensors").unlink()
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui))
+    assert err.value.status == 409 and "already holds a run" in str(err.value)
+
+
+def test_routes_are_mounted_on_the_webui_app_only_with_api(webui):
+    from fastapi import FastAPI, HTTPException
+
+    app = FastAPI()
+    webui.script_callbacks.app_started_callback(None, app)
+    assert webui.script_callbacks.reported == []
+    assert sorted(app.routes) == [("GET", "/dreambooth/v1/runs"), ("GET", "/dreambooth/v1/runs/{run_id}"),
+                                  ("GET", "/dreambooth/v1/runs/{run_id}/events"), ("POST", "/dreambooth/v1/runs"),
+                                  ("POST", "/dreambooth/v1/runs/{run_id}/cancel")]
+    # FastAPI reads parameters from the signature: body from a dict, path and query from the rest
+    endpoint, dependencies = app.routes[("GET", "/dreambooth/v1/runs/{run_id}/events")]
+    assert list(inspect.signature(endpoint).parameters) == ["run_id", "since"] and dependencies is None
+    assert list(inspect.signature(app.routes[("POST", "/dreambooth/v1/runs")][0]).parameters) == ["body"]
+    with pytest.raises(HTTPException) as err:
+        endpoint("nope", 0)
+    assert err.value.status_code == 404
+
+    webui.shared.cmd_opts.api = False
+    closed = FastAPI()
+    webui.script_callbacks.app_started_callback(None, closed)
+    assert closed.routes == {}
+
+
+def test_api_auth_users_guard_the_routes(webui):
+    from fastapi import FastAPI, HTTPException
+    from fastapi.security import HTTPBasicCredentials
+
+    webui.shared.cmd_opts.api_auth = "alice:secret,bob:pw"
+    app = FastAPI()
+    webui.script_callbacks.app_started_callback(None, app)
+    _, dependencies = app.routes[("GET", "/dreambooth/v1/runs")]
+    (guard,) = dependencies
+    assert guard.dependency(HTTPBasicCredentials("alice", "secret")) is True
+    with pytest.raises(HTTPException) as err:
+        guard.dependency(HTTPBasicCredentials("alice", "wrong"))
+    assert err.value.status_code == 401

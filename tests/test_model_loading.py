@@ -1,0 +1,164 @@
+"""Loading base models offline: same outputs, third-party readable folders, safe pickles, hashes."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import socket
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save, save_file
+
+from dreambooth_core.errors import FormatError
+from dreambooth_core.formats.checkpoint import ldm_state_dict
+from dreambooth_core.models import loading
+from dreambooth_core.models.detect import FAMILY_INDEX_KEY
+from dreambooth_core.models.loading import (
+    CONFIGS_METADATA_KEY,
+    configs_differ_from_family,
+    empty_base_model,
+    legacy_model_hash,
+    load_base_model,
+    model_configs,
+    model_hash,
+    save_diffusers,
+    save_single_file,
+)
+from dreambooth_core.models.tiny import tiny_base_model
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail loudly if anything tries to reach the hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def unet_output(model) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    cfg = model.unet.config
+    sample = torch.randn(2, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, cfg.cross_attention_dim, generator=g)
+    kwargs = {}
+    if model.family.is_sdxl:
+        pooled = model.text_encoders[1].config.projection_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(2, pooled, generator=g), "time_ids": torch.randn(2, 6, generator=g)}
+    with torch.no_grad():
+        return model.unet(sample, torch.tensor([10, 900]), context, **kwargs).sample
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_single_file_loads_offline_with_identical_unet_outputs(tmp_path, no_network, family):
+    model = tiny_base_model(family, seed=4)
+    path = save_single_file(model, tmp_path / "tiny.safetensors", dtype="fp32")
+    loaded = load_base_model(path)
+    assert loaded.family is model.family and loaded.source == path and loaded.name == "tiny"
+    assert torch.equal(unet_output(loaded), unet_output(model))
+    assert loaded.prediction_type == model.prediction_type
+
+
+@pytest.mark.slow
+def test_diffusers_folder_is_readable_by_diffusers_pipelines(tmp_path, no_network):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    for family, pipeline in (("sd2-v", StableDiffusionPipeline), ("sdxl", StableDiffusionXLPipeline)):
+        model = tiny_base_model(family, seed=5)
+        folder = save_diffusers(model, tmp_path / family, dtype="fp32")
+        pipe = pipeline.from_pretrained(folder, local_files_only=True)
+        assert pipe.scheduler.config.prediction_type == model.prediction_type
+        for name in ("unet", "vae", *model.family.text_encoders):
+            a, b = model.components()[name].state_dict(), getattr(pipe, name).state_dict()
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+        assert pipe.tokenizer("a photo of zwx").input_ids == model.tokenizers[0]("a photo of zwx").input_ids
+
+
+def test_only_non_standard_models_carry_their_configs(tmp_path):
+    for family in ("sd1", "sd2-v", "sdxl"):
+        assert not configs_differ_from_family(empty_base_model(family)), family
+    tiny = tiny_base_model("sd2-v")
+    assert configs_differ_from_family(tiny)
+    with safe_open(str(save_single_file(tiny, tmp_path / "t.safetensors")), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta[CONFIGS_METADATA_KEY]) == model_configs(tiny)
+    assert meta["modelspec.architecture"] == "stable-diffusion-v2-768-v" and meta["modelspec.prediction_type"] == "v"
+    assert CONFIGS_METADATA_KEY not in load_base_model(tmp_path / "t.safetensors").metadata
+
+
+def test_sd2_family_from_yaml_or_explicit_override(tmp_path, caplog):
+    model = tiny_base_model("sd2")
+    path = tmp_path / "hintless.safetensors"
+    save_file(ldm_state_dict(model), str(path), metadata={CONFIGS_METADATA_KEY: json.dumps(model_configs(model))})
+    with caplog.at_level(logging.WARNING):
+        assert load_base_model(path).family.name == "sd2"
+    assert "--family sd2-v" in caplog.text
+    explicit = load_base_model(path, family="sd2-v")
+    assert explicit.family.name == "sd2-v" and explicit.prediction_type == "v_prediction"
+    (tmp_path / "hintless.yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    assert load_base_model(path).noise_scheduler().config.prediction_type == "v_prediction"
+
+
+@pytest.mark.slow
+def test_foreign_diffusers_folder_family_from_configs(tmp_path):
+    for family in ("sd1", "sd2", "sd2-v", "sdxl"):
+        folder = save_diffusers(tiny_base_model(family), tmp_path / family, dtype="fp32")
+        index = json.loads((folder / "model_index.json").read_text())
+        del index[FAMILY_INDEX_KEY]
+        (folder / "model_index.json").write_text(json.dumps(index))
+        assert load_base_model(folder).family.name == family
+    index["_class_name"] = "StableDiffusionXLInpaintPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(FormatError, match="inpainting"):
+        load_base_model(folder)
+
+
+def test_ckpt_is_read_without_unpickling_code(tmp_path, monkeypatch):
+    model = tiny_base_model("sd1")
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": ldm_state_dict(model), "global_step": 470000}, ckpt)
+    with pytest.raises(FormatError, match="non-standard sizes"):  # a .ckpt cannot carry its configs
+        load_base_model(ckpt)
+    monkeypatch.setattr(loading, "shipped_configs", lambda family: model_configs(model))
+    loaded = load_base_model(ckpt)
+    assert torch.equal(unet_output(loaded), unet_output(model))
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": ldm_state_dict(model), "hyper_parameters": argparse.Namespace(lr=1e-4)}, evil)
+    with pytest.raises(FormatError, match="--unsafe-pickle"):
+        load_base_model(evil)
+    assert load_base_model(evil, unsafe_pickle=True).family.name == "sd1"
+
+
+def test_model_hash_is_kohyas_addnet_hash(tmp_path):
+    tensors = {"a": torch.arange(600_000, dtype=torch.float32), "b": torch.ones(3)}
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    save_file(tensors, str(first), metadata={"ss_network_dim": "4"})
+    save_file(tensors, str(second), metadata={"ss_network_dim": "4", "modelspec.title": "renamed"})
+    # kohya precalculates it from in-memory bytes: sha256 of everything after the header.
+    raw = save(tensors, {"ss_network_dim": "4"})
+    expected = hashlib.sha256(raw[8 + int.from_bytes(raw[:8], "little"):]).hexdigest()
+    assert model_hash(first) == model_hash(second) == expected
+    assert model_hash(first) != hashlib.sha256(first.read_bytes()).hexdigest()
+    data = first.read_bytes()
+    assert legacy_model_hash(first) == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+
+
+def test_older_layouts_hosts_rename_are_read(tmp_path):
+    """SD1 saved without the `text_model.` level, and SD2.1-Turbo's SGM-style text encoder."""
+    for family, old, new in (
+        ("sd1", "cond_stage_model.transformer.text_model.", "cond_stage_model.transformer."),
+        ("sd2", "cond_stage_model.", "conditioner.embedders.0."),
+    ):
+        model = tiny_base_model(family)
+        tensors = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in ldm_state_dict(model).items()}
+        meta = {CONFIGS_METADATA_KEY: json.dumps(model_configs(model)), "modelspec.prediction_type": "epsilon"}
+        path = tmp_path / f"{family}.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        loaded = load_base_model(path)
+        assert loaded.family.name == family and not loaded.extras
+        assert torch.equal(loaded.text_encoders[0](torch.tensor([[49406, 320, 49407]]))[0], model.text_encoders[0](torch.tensor([[49406, 320, 49407]]))[0])
