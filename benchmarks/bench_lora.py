@@ -57,10 +57,11 @@ def extraction_error(src: Path, tuned: Path, extracted: Path) -> float:
     base, tune = load_base_model(src, dtype="fp16"), load_base_model(tuned, dtype="fp16")
     names, lora = names_for_model(base), read_lora(extracted)
     worst = 0.0
-    for key, mod in list(lora.modules.items())[::16]:
-        part, name = names.module(key)
-        diff = model_parts(tune)[part].get_submodule(name).weight.float() - model_parts(base)[part].get_submodule(name).weight.float()
-        worst = max(worst, float(torch.linalg.norm(mod.delta() - diff) / torch.linalg.norm(diff)))
+    with torch.no_grad():
+        for key, mod in list(lora.modules.items())[::16]:
+            part, name = names.module(key)
+            diff = model_parts(tune)[part].get_submodule(name).weight.float() - model_parts(base)[part].get_submodule(name).weight.float()
+            worst = max(worst, float(torch.linalg.norm(mod.delta() - diff) / torch.linalg.norm(diff)))
     return worst
 
 

@@ -31,6 +31,11 @@ class Family:
         return CONFIG_ROOT / self.name
 
     @property
+    def modelspec_prediction_type(self) -> str:
+        """modelspec.prediction_type as kohya and SAI's model spec spell it."""
+        return "v" if self.prediction_type == "v_prediction" else "epsilon"
+
+    @property
     def is_sdxl(self) -> bool:
         return self.name == "sdxl"
 

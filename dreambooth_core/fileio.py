@@ -45,6 +45,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600 files; give the usual umask-based mode
+            os.chmod(tmp, 0o666 & ~_umask())
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} appeared while writing: choose another name or pass --overwrite")
         os.replace(tmp, out)
@@ -54,6 +56,12 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:

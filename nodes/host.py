@@ -14,6 +14,7 @@ import comfy.model_management
 import comfy.sd
 import comfy.utils
 import folder_paths
+import server
 
 from dreambooth_core.errors import UserError
 
@@ -38,8 +39,8 @@ def model_path(folder: str, name: str) -> Path:
     if path is None:
         where = folder_paths.get_folder_paths(folder)[0]
         if not folder_paths.get_filename_list(folder):
-            raise UserError(f"no file in ComfyUI's {folder} folder: put a Stable Diffusion 1.x/2.x/XL .safetensors in "
-                            f"{where} and press R (refresh) in the browser")
+            what = "a Stable Diffusion 1.x, 2.x or XL .safetensors" if folder == "checkpoints" else "a file"
+            raise UserError(f"no file in ComfyUI's {folder} folder: put {what} in {where} and press R (refresh) in the browser")
         raise UserError(f"{name!r} is not in ComfyUI's {folder} list: pick one from the list (press R after adding files to {where})")
     return Path(path)
 
@@ -119,11 +120,9 @@ class NodeProgress:
         if not force and now - self._sent < self.MIN_INTERVAL:
             return
         self._sent = now
-        from server import PromptServer
-
-        server = PromptServer.instance
-        if server is not None and self.node_id is not None:
-            server.send_sync(STATUS_EVENT, {"node": self.node_id, "text": text, **data}, server.client_id)
+        prompt_server = server.PromptServer.instance
+        if prompt_server is not None and self.node_id is not None:
+            prompt_server.send_sync(STATUS_EVENT, {"node": self.node_id, "text": text, **data}, prompt_server.client_id)
 
 
 # ---- results applied to the graph's objects ----------------------------------------------

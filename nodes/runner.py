@@ -136,8 +136,9 @@ def _stop(job: Job, progress: "host.NodeProgress") -> None:
     if not job.wait(CANCEL_WAIT_SECONDS):
         log.warning("DreamBooth: the run did not stop within %d s", CANCEL_WAIT_SECONDS)
     state = job.result
-    progress.status(f"cancelled at step {state.step}: queue again to resume", force=True, step=state.step,
-                    total=state.total_steps)
+    text = f"cancelled at step {state.step}: queue again to resume" if state.status == "cancelled" else \
+        f"{state.status} at step {state.step} (while cancelling): queue again to use it"
+    progress.status(text, force=True, step=state.step, total=state.total_steps)
 
 
 def _failure(job: Job, state: RunState) -> Exception:

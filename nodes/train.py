@@ -97,14 +97,14 @@ class TrainNode(io.ComfyNode):
                          inputs=inputs, outputs=outputs, hidden=[io.Hidden.unique_id], is_output_node=True)
 
     @classmethod
-    def validate_inputs(cls, checkpoint: str | None = None, options: str | None = None) -> bool | str:
-        """Checked when the graph is queued: a missing checkpoint (a clear message instead of
-        'Value not in list') and unknown keys in the options. Linked values arrive as None."""
+    def validate_inputs(cls, checkpoint: str | None = None) -> bool | str:
+        """A clear message instead of 'Value not in list' when the checkpoint is missing,
+        when the graph is queued. (ComfyUI files the message under every input named here,
+        so only the checkpoint is.) A linked value arrives as None: checked when run."""
+        if checkpoint is None:
+            return True
         try:
-            if checkpoint is not None:
-                host.model_path("checkpoints", checkpoint)
-            if options is not None:
-                parse_options(options)
+            host.model_path("checkpoints", checkpoint)
         except UserError as exc:
             return str(exc)
         return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,21 +29,22 @@ DTYPES = ["fp16", "bf16", "fp32"]
 def run_command(args: list[str], what: str) -> None:
     """`python -m dreambooth_core ARGS` in the worker Python; its one-line error becomes the node's."""
     python = host.worker_python()
-    try:
-        proc = subprocess.Popen([python, "-m", "dreambooth_core", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=worker_env())
-    except OSError as exc:
-        raise UserError(f"cannot start {python} for {what} ({exc.strerror or exc}); {host.SETUP_HINT}") from exc
-    try:
-        while proc.poll() is None:
-            host.check_interrupted()
-            time.sleep(POLL_SECONDS)
-    except BaseException:
-        proc.terminate()
-        proc.wait()
-        raise
-    _, err = proc.communicate()
-    lines = [line for line in err.decode("utf-8", "replace").splitlines() if line.strip()]
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty command can never block on it
+        try:
+            proc = subprocess.Popen([python, "-m", "dreambooth_core", *args], stdout=subprocess.DEVNULL, stderr=err,
+                                    stdin=subprocess.DEVNULL, env=worker_env())
+        except OSError as exc:
+            raise UserError(f"cannot start {python} for {what} ({exc.strerror or exc}); {host.SETUP_HINT}") from exc
+        try:
+            while proc.poll() is None:
+                host.check_interrupted()
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            proc.terminate()
+            proc.wait()
+            raise
+        err.seek(0)
+        lines = [line for line in err.read().decode("utf-8", "replace").splitlines() if line.strip()]
     if proc.returncode == 1 and lines and lines[-1].startswith("error: "):
         raise UserError(lines[-1].removeprefix("error: "))
     if proc.returncode != 0:

@@ -225,10 +225,13 @@ def test_pt_file_is_read_weights_only(tmp_path):
         read_lora(tmp_path / "evil.pt")
 
 
-def test_other_adapter_kinds_are_refused(tmp_path):
+def test_other_files_are_refused(tmp_path):
     save_file({"lora_unet_x.hada_w1_a": torch.zeros(2, 2), "lora_unet_x.hada_w1_b": torch.zeros(2, 2)}, tmp_path / "loha.safetensors")
     with pytest.raises(FormatError, match="LoHa"):
         read_lora(tmp_path / "loha.safetensors")
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 4)}, tmp_path / "checkpoint.safetensors")
+    with pytest.raises(FormatError, match="is not a LoRA"):
+        read_lora(tmp_path / "checkpoint.safetensors")
     save_file({"lora_unet_x.lora_down.weight": torch.zeros(2, 4)}, tmp_path / "half.safetensors")
     with pytest.raises(FormatError, match="no up weight"):
         read_lora(tmp_path / "half.safetensors")
@@ -271,6 +274,21 @@ def test_peft_without_base_uses_family_architecture(tmp_path):
     assert back.family.name == "sd1"
     assert_same_lora(lora, back)
     assert len(back.modules) == 264
+
+
+def test_bare_sdxl_unet_peft_file_is_recognised_and_named_like_kohya(tmp_path):
+    # No metadata, no text encoders: the deep transformer blocks say SDXL, whose kohya
+    # names are LDM names.
+    model = tiny_base_model("sdxl")
+    lora = random_lora(model)
+    lora.modules = {k: m for k, m in lora.modules.items() if k.startswith("lora_unet_")}
+    tensors = load_file(write_peft(lora, tmp_path / "full.safetensors", base=model))
+    save_file({k.removeprefix("unet."): v for k, v in tensors.items()}, tmp_path / "bare.safetensors")
+    back = read_lora(tmp_path / "bare.safetensors")
+    assert back.family.name == "sdxl"
+    assert any(k.startswith("lora_unet_input_blocks_4_1_transformer_blocks_1_") for k in back.modules)
+    assert set(back.modules) == set(lora.modules)
+    assert all(m.alpha == m.rank for m in back.modules.values())  # no alpha anywhere: diffusers' scale 1
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

@@ -29,3 +29,18 @@ def test_hypernetworks_are_pt_and_hints_match_each_host(tmp_path):
     assert prompt_hint("hypernetwork", "zwx_dog") == "<hypernet:zwx_dog:1>"
     assert prompt_hint("embedding", "zwx_dog") == "zwx_dog"
     assert prompt_hint("embedding", "zwx_dog", host="comfyui") == "embedding:zwx_dog"
+
+
+def test_published_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    src = tmp_path / "a.safetensors"
+    src.write_bytes(b"x")
+    os.chmod(src, 0o600)
+    old = os.umask(0o022)
+    try:
+        dest = publish(src, "lora", "shared", tmp_path / "Lora")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o644

@@ -11,8 +11,6 @@ from dreambooth_core.events import CancelToken
 from dreambooth_core.models.tiny import tiny_base_model
 from dreambooth_core.sample import SAMPLERS, generate, image_grid, make_scheduler
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def sd1():

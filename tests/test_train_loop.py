@@ -183,12 +183,14 @@ def test_resume_refuses_changed_settings(tmp_path):
         train(cfg)
 
 
-def test_cancel_before_training_leaves_no_state(tmp_path):
+@pytest.mark.parametrize("prior", [True, False])  # stops while making class images / caching latents
+def test_cancel_before_training_leaves_no_state(tmp_path, prior):
     rec = Recorder()
     rec.cancel.cancel()
-    result, rec, _ = train(tiny_config(tmp_path, with_prior_preservation=True), recorder=rec)
-    assert result.status == "cancelled" and rec.events[-1].status == "cancelled"
-    assert not list((result.run_dir / "state").iterdir())
+    result, rec, _ = train(tiny_config(tmp_path, with_prior_preservation=prior), recorder=rec)
+    assert result.status == "cancelled" and rec.events[-1].status == "cancelled" and result.step == 0
+    assert not list((result.run_dir / "state").iterdir()) and not list((result.run_dir / "outputs").iterdir())
+    assert not [e for e in rec.of("progress") if e.phase == "train"]
 
 
 # ---- failures that must lose nothing ----------------------------------------------------------

@@ -15,8 +15,6 @@ from dreambooth_core.config import TrainConfig
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.events import CancelToken, Event
 
-# Two cores shared by several processes: one thread per process is many times faster.
-torch.set_num_threads(1)
 
 FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
 

@@ -188,7 +188,7 @@ def embedding_metadata(
         "modelspec.title": trigger,
         "modelspec.trigger_phrase": trigger,
         "modelspec.date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "modelspec.prediction_type": family.prediction_type,
+        "modelspec.prediction_type": family.modelspec_prediction_type,
         f"{META_PREFIX}version": __version__,
         f"{META_PREFIX}family": family.name,
         f"{META_PREFIX}num_vectors": str(emb.num_vectors),

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FamilyError, FormatError, UserError
 from ..families import FAMILIES, Family, get_family
-from ..fileio import load_state_dict, read_safetensors_metadata, require_file, save_safetensors
+from ..fileio import load_state_dict, read_safetensors_metadata, read_shapes, require_file, save_safetensors
 from .lora_keys import (
     TEXT_PARTS,
     UNET,
@@ -119,8 +119,13 @@ def read_lora(path: str | Path, family: Family | str | None = None, base: "BaseM
     config) provides it.
     """
     p = require_file(path, "LoRA file")
+    metadata = {}
+    if p.suffix == ".safetensors":  # refuse a checkpoint passed by mistake before reading gigabytes
+        keys = sorted(read_shapes(p))
+        if keys and not any("lora" in k for k in keys):
+            raise FormatError(f"{p} is not a LoRA (it holds tensors like {', '.join(keys[:2])}): expected lora_unet_…/lora_te_… or ….lora_A.weight keys")
+        metadata = read_safetensors_metadata(p)
     state = load_state_dict(p)
-    metadata = read_safetensors_metadata(p) if p.suffix == ".safetensors" else {}
     if not state:
         raise FormatError(f"{p} holds no tensors: it is not a LoRA")
     _refuse_other_adapters(state, p)
@@ -128,7 +133,7 @@ def read_lora(path: str | Path, family: Family | str | None = None, base: "BaseM
     if all(part_of_kohya_key(k) for k in state):
         modules = _kohya_modules(state, p)
     else:
-        modules = _peft_modules(state, metadata, p, fam, base)
+        modules, fam = _peft_modules(state, metadata, p, fam, base)
     weights = LoraWeights(modules, None, {k: v for k, v in metadata.items() if k not in ("format", PEFT_METADATA_KEY)})
     weights.family = fam or guess_family(weights)
     return weights
@@ -194,14 +199,11 @@ class _PeftConfig:
 
 
 def _split_part(key: str) -> tuple[str, str]:
-    """(part, rest) of a peft/diffusers key, guessing the part when the key has no prefix."""
-    for prefix in ("base_model.model.", *(f"{p}." for p in PEFT_PARTS)):
-        if key.startswith(prefix):
-            rest = key[len(prefix):]
-            if prefix.rstrip(".") in PEFT_PARTS:
-                return prefix.rstrip("."), rest
-            key = rest
-            break
+    """(part, module path) of a peft/diffusers key, guessing the part when the key has no prefix."""
+    key = key.removeprefix("base_model.model.")  # peft's save_pretrained of a single model
+    part, _, rest = key.partition(".")
+    if part in PEFT_PARTS:
+        return part, rest
     return ("text_encoder" if key.startswith(("text_model.", "encoder.layers.")) else UNET), key
 
 
@@ -226,7 +228,7 @@ def _peft_configs(metadata: dict[str, str], path: Path) -> dict[str, _PeftConfig
 
 def _peft_modules(
     state: dict[str, "torch.Tensor"], metadata: dict[str, str], path: Path, family: Family | None, base: "BaseModel | None"
-) -> dict[str, LoraModule]:
+) -> tuple[dict[str, LoraModule], Family | None]:
     if any("to_out_lora" in k or "lora_linear_layer" in k for k in state):  # older diffusers layouts
         from diffusers.utils.state_dict_utils import convert_state_dict_to_peft
 
@@ -257,7 +259,7 @@ def _peft_modules(
         cfg = configs.get(part)
         return cfg.alpha(name, rank) if cfg else None
 
-    return _assemble(by_key, path, alpha)
+    return _assemble(by_key, path, alpha), fam
 
 
 def _peft_family(slots: dict[tuple[str, str], Any], metadata: dict[str, str]) -> Family | None:
@@ -419,7 +421,7 @@ def kohya_metadata(weights: LoraWeights, family: Family, output_name: str, metad
         "modelspec.architecture": f"{family.modelspec_arch}/lora",
         "modelspec.implementation": STABILITY_IMPL if family.is_sdxl else "diffusers",
         "modelspec.resolution": f"{family.resolution}x{family.resolution}",
-        "modelspec.prediction_type": "v" if family.prediction_type == "v_prediction" else "epsilon",
+        "modelspec.prediction_type": family.modelspec_prediction_type,
     })
     if args:
         meta["ss_network_args"] = json.dumps(args)

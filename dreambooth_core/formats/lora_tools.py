@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 def merge_loras(model: "BaseModel", loras: "list[tuple[LoraWeights, float]]") -> "BaseModel":
     """Add each LoRA into `model`'s weights in place: W += weight · alpha/r · up @ down.
 
-    A LoRA that matches no layer of the model raises FamilyError (it would do nothing);
-    one that matches only partly is merged where it matches, with a logged warning.
+    Every LoRA is checked before anything changes: one that matches no layer, or only
+    some while looking like another family, raises FamilyError (it would do nothing, or
+    damage); a partial match within the family is merged where it matches, with a warning.
     """
     import torch
 

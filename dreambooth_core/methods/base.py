@@ -24,7 +24,6 @@ class SaveInfo:
 
     out_dir: Path
     stem: str                  # file stem, e.g. "zwx_dog" or "zwx_dog-step400"
-    name: str                  # the run's name (what the user types in the host)
     step: int
     final: bool
     overwrite: bool
@@ -38,7 +37,6 @@ class Method:
     `prepare`, `trainable_modules` and `save`."""
 
     name: ClassVar[str]
-    artifact_kind: ClassVar[str]
     # True when intermediate artifacts are cheap enough to write at every checkpoint
     small_artifacts: ClassVar[bool] = True
 

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 class DreamBoothMethod(Method):
     name = "dreambooth"
-    artifact_kind = "checkpoint"
     small_artifacts = False  # a full checkpoint per checkpointing step would fill disks
 
     @property

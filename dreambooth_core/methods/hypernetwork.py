@@ -14,7 +14,6 @@ if TYPE_CHECKING:
 
 class HypernetworkMethod(Method):
     name = "hypernetwork"
-    artifact_kind = "hypernetwork"
 
     def prepare(self) -> None:
         from ..formats.hypernetwork import Hypernetwork, apply_hypernetwork, attention_widths

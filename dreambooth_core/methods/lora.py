@@ -20,7 +20,6 @@ ADAPTER = "default"
 
 class LoraMethod(Method):
     name = "lora"
-    artifact_kind = "lora"
 
     @property
     def trains_text_encoder(self) -> bool:

@@ -48,7 +48,6 @@ class TokenRows(torch.nn.Module):
 
 class TextualInversionMethod(Method):
     name = "textual_inversion"
-    artifact_kind = "embedding"
 
     @property
     def trains_text_encoder(self) -> bool:

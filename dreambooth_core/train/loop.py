@@ -283,15 +283,20 @@ class Trainer:
         data = TrainingData(instances, classes, cfg.train_batch_size, self.acc.num_processes, cfg.seed, cfg.center_crop, cfg.random_flip)
         self.info(f"{len(instances)} instance image(s){f', {len(classes)} class image(s)' if classes else ''}, "
                   f"{self.acc.num_processes} process(es), batch {cfg.train_batch_size} per process")
+        self.noise_scheduler = model.noise_scheduler()
         vae = model.vae
         self.latent_scale = vae.config.scaling_factor
         self.latent_shift = getattr(vae.config, "shift_factor", None) or 0.0
         if cfg.cache_latents:
-            data.build_latent_cache(self._encode_pixels, lambda n, total: self.emit(Progress(phase="caching", step=n, total=total)))
+            data.build_latent_cache(self._encode_pixels, self._caching_progress)
         self.prompts = PromptCache(model.tokenizers, data.prompts, transform=method.prompt)
         if not method.trains_text_encoder:
             self.prompts.freeze(model.text_encoders, model.family)
         return data
+
+    def _caching_progress(self, done: int, total: int) -> None:
+        self.emit(Progress(phase="caching", step=done, total=total))
+        self.cancel.check()
 
     def _encode_pixels(self, pixels: torch.Tensor) -> LatentStats:
         vae = self.model.vae
@@ -327,7 +332,8 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------
     def _train(self) -> RunResult:
-        cfg, acc = self.config, self.acc
+        cfg = self.config
+        self.session_start = self.step
         try:
             if self.step == 0:
                 self._validate()
@@ -465,12 +471,6 @@ class Trainer:
             "time_ids": torch.tensor([it.time_ids for it in items], device=device, dtype=dtype) if model.family.is_sdxl else None,
         }
 
-    @property
-    def noise_scheduler(self):
-        if not hasattr(self, "_noise_scheduler"):
-            self._noise_scheduler = self.model.noise_scheduler()
-        return self._noise_scheduler
-
     def _example_losses(self, x: dict[str, torch.Tensor | None]) -> torch.Tensor:
         kwargs = {}
         if self.model.family.is_sdxl:
@@ -499,7 +499,7 @@ class Trainer:
         if self.is_main:
             info = SaveInfo(
                 # intermediate artifacts belong to this run: a resumed run rewrites them
-                out_dir=self.run_dir.outputs, stem=stem, name=cfg.name, step=self.step, final=final,
+                out_dir=self.run_dir.outputs, stem=stem, step=self.step, final=final,
                 overwrite=cfg.overwrite or not final, base_model=self.model_name, base_model_hash=self.model_hash,
                 metadata=self._training_facts(),
             )
@@ -548,6 +548,9 @@ class Trainer:
 
     def _stop_cancelled(self) -> RunResult:
         """Keep everything needed to resume, plus the weights so far as a clearly named artifact."""
+        if self.step == self.session_start:
+            self.info(f"cancelled before step {self.step + 1}: nothing new to save")
+            return self._done("cancelled")
         self.method.train(False)
         self.info(f"cancelled at step {self.step}: saving a resumable state")
         self._save_state()
