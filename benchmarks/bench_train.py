@@ -46,11 +46,21 @@ def sd15_random_model():
     return BaseModel(family, unet.eval(), vae.eval(), [text.eval()], family_tokenizers(family), configs["scheduler"], name="sd15-random")
 
 
+def write_instance_images(folder: Path, resolution: int, count: int = 4) -> Path:
+    """`count` random-noise RGB images of `resolution`² (seeded: the same every run)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 def run_one(size: str, method: str, steps: int, work: Path) -> dict:
     """Train `steps` steps in this process; return timings and this process's peak RSS."""
-    import numpy as np
     import torch
-    from PIL import Image
 
     from dreambooth_core.config import TrainConfig
     from dreambooth_core.events import CancelToken
@@ -59,11 +69,7 @@ def run_one(size: str, method: str, steps: int, work: Path) -> dict:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
     res = SIZES[size]
-    images = work / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (res, res, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    images = write_instance_images(work / "images", res)
     cfg = TrainConfig(
         method=method, instance_data_dir=str(images), token="sks", class_noun="dog", resolution=res,
         max_train_steps=steps, rank=4, alpha=4.0, train_batch_size=1, output_dir=str(work / "runs"),

@@ -131,6 +131,26 @@ def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         raise FormatError(f"{p} is not a readable safetensors file ({exc}); it may be truncated: re-download or re-save it") from exc
 
 
+def load_pickled(path: str | os.PathLike, what: str = "file", device: str = "cpu", unsafe: bool = False) -> Any:
+    """torch.load with weights_only=True (tensors and plain containers; legacy or zip format).
+
+    `unsafe` (the user's explicit --unsafe-pickle) allows arbitrary objects, because
+    unpickling runs code.
+    """
+    import torch
+
+    p = require_file(path, what)
+    try:
+        return torch.load(p, map_location=device, weights_only=not unsafe)
+    except Exception as exc:
+        if not unsafe and ("weights_only" in str(exc) or "Unsupported global" in str(exc)):
+            raise FormatError(
+                f"{p} contains pickled Python objects beyond tensors and was not loaded (unpickling can run code): "
+                "convert it to .safetensors, or pass --unsafe-pickle if you trust its source"
+            ) from exc
+        raise FormatError(f"{p} could not be read as a torch file ({exc.__class__.__name__}: {exc}); it may be truncated or not a {what}") from exc
+
+
 def load_state_dict(
     path: str | os.PathLike,
     device: str = "cpu",
@@ -160,15 +180,7 @@ def load_state_dict(
             raise FormatError(f"{p} is not a readable safetensors file ({exc}); it may be truncated: re-download or re-save it") from exc
     if p.suffix.lower() not in PICKLE_SUFFIXES:
         raise FormatError(f"{p}: unknown model file type {p.suffix!r}; use .safetensors (or .ckpt/.pt/.bin)")
-    try:
-        obj = torch.load(p, map_location=device, weights_only=not unsafe_pickle, mmap=None)
-    except Exception as exc:
-        if not unsafe_pickle and "weights_only" in str(exc):
-            raise FormatError(
-                f"{p} contains pickled Python objects beyond tensors; it was not loaded because unpickling "
-                "can run code. Convert it to .safetensors, or pass --unsafe-pickle if you trust its source"
-            ) from exc
-        raise FormatError(f"{p} could not be read ({exc.__class__.__name__}: {exc}); it may be truncated or not a model") from exc
+    obj = load_pickled(p, "model file", device=device, unsafe=unsafe_pickle)
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict):
         raise FormatError(f"{p} holds a {type(sd).__name__}, not a dictionary of tensors")

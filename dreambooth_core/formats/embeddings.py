@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..errors import FamilyError, FormatError, UserError
 from ..families import FAMILIES, Family, get_family
-from ..fileio import require_file, save_safetensors
+from ..fileio import load_pickled, require_file, save_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -107,22 +107,6 @@ def _checked(vectors: dict[str, "torch.Tensor"], where: str) -> dict[str, "torch
     if len({v.shape[0] for v in out.values()}) > 1:
         raise FormatError(f"{where}: the text encoders' vector counts differ ({', '.join(f'{k} {tuple(v.shape)}' for k, v in out.items())})")
     return out
-
-
-def load_pickled(path: str | Path, what: str = "file") -> Any:
-    """torch.load with weights_only=True (tensors and plain containers only; legacy or zip format)."""
-    import torch
-
-    p = require_file(path, what)
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise FormatError(
-                f"{p} contains pickled Python objects beyond tensors and was not loaded (unpickling can run code): "
-                "re-save it as .safetensors with a tool you trust"
-            ) from exc
-        raise FormatError(f"{p} could not be read as a torch file ({exc.__class__.__name__}); it may be truncated or not a {what}") from exc
 
 
 def embedding_from_object(obj: Any, name: str, where: str) -> Embedding:

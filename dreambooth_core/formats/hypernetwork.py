@@ -30,7 +30,7 @@ import torch
 
 from ..errors import FamilyError, FormatError, UserError
 from ..fileio import save_torch_atomic
-from .embeddings import load_pickled
+from ..fileio import load_pickled
 
 # activation name → torch.nn class name (None: no module)
 ACTIVATIONS: dict[str, str | None] = {

@@ -239,7 +239,8 @@ def _pickle_storage(path: Path) -> str:
 def _inspect_pickle(path: Path) -> Report:
     import torch
 
-    from .embeddings import embedding_from_object, load_pickled
+    from ..fileio import load_pickled
+    from .embeddings import embedding_from_object
 
     obj = load_pickled(path, "model file")
     report = Report(str(path), "unknown", _pickle_storage(path))

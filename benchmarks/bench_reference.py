@@ -1,0 +1,400 @@
+"""Our LoRA trainer against diffusers' reference DreamBooth-LoRA script, side by side.
+
+Both train the same random-weight model (SD1.5's architecture, built locally and saved
+as a diffusers folder; no download) on the same four 256 px images with LoRA rank 4,
+alpha 4, batch 1, fp32, no prior preservation, no text-encoder training, no validation
+and no intermediate checkpoints, with the same number of threads, each run in its own
+fresh process, alternating reference / ours at N and then 2N steps.
+
+The reference script is not part of this repository (never commit it): take
+`examples/dreambooth/train_dreambooth_lora.py` from a diffusers source checkout at the
+tag matching the installed diffusers (or the closest one), e.g.
+
+    git clone https://github.com/huggingface/diffusers /tmp/diffusers
+    git -C /tmp/diffusers show v0.40.0:examples/dreambooth/train_dreambooth_lora.py > /tmp/train_dreambooth_lora.py
+
+It imports torchvision for four image transforms; torchvision cannot be installed beside
+our torch build, so the reference runs with a small PIL/torch stand-in for
+`torchvision.transforms`, written to a temporary folder. A launcher first lets transformers
+record that torchvision is absent (else it would import torchvision's image functions for
+its own image utilities), then puts the stand-in on sys.path and runs the script as
+__main__. It needs no `datasets` or `wandb`; tensorboard is used by both trainers only if
+installed.
+
+    python benchmarks/bench_reference.py --reference /tmp/train_dreambooth_lora.py
+    python benchmarks/bench_reference.py --reference /tmp/train_dreambooth_lora.py --size tiny   # smoke test
+
+What is measured, from outside each process:
+- s/step: the mean time between consecutive completed steps 2..N (step 1 carries the
+  warm-up), taken from the progress lines as they arrive (the reference's tqdm bar, our
+  Progress events); plus, per trainer, (t_last(2N) - t_last(N)) / N as a cross-check.
+- RSS in training: the process's VmHWM (kernel high-water mark) read the moment the last
+  step is reported, i.e. the peak of loading plus training. After training the reference
+  also reloads the whole pipeline for a final-inference stage, so its whole-process peak
+  (wait4 ru_maxrss, also printed) is larger than its training peak.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+
+from bench_train import SIZES, sd15_random_model, write_instance_images
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_TIME, TARGET_RSS = 0.6, 0.8
+REFERENCE_STEP = re.compile(r"Steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+OURS_STEP = re.compile(r"^@@step (\d+)/(\d+)")
+LR, RANK, SEED, PROMPT = 1e-4, 4, 0, "a photo of sks dog"
+
+TORCHVISION_STUB = '''"""Stand-in for the few torchvision.transforms the diffusers example uses (PIL + torch)."""
+import enum
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+class InterpolationMode(enum.Enum):
+    NEAREST = "nearest"
+    NEAREST_EXACT = "nearest-exact"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+    BOX = "box"
+    HAMMING = "hamming"
+    LANCZOS = "lanczos"
+
+
+_PIL = {"nearest": Image.NEAREST, "nearest-exact": Image.NEAREST, "bilinear": Image.BILINEAR,
+        "bicubic": Image.BICUBIC, "box": Image.BOX, "hamming": Image.HAMMING, "lanczos": Image.LANCZOS}
+
+
+class Compose:
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, x):
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+
+class Resize:
+    """An int size scales the shorter edge to it, keeping the aspect ratio."""
+
+    def __init__(self, size, interpolation=InterpolationMode.BILINEAR):
+        self.size, self.resample = size, _PIL[InterpolationMode(interpolation).value]
+
+    def __call__(self, img):
+        w, h = img.size
+        if isinstance(self.size, int):
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = self.size, int(self.size * long / short)
+            size = (new_short, new_long) if w <= h else (new_long, new_short)
+        else:
+            size = (self.size[1], self.size[0])
+        return img if size == (w, h) else img.resize(size, self.resample)
+
+
+def _pair(size):
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+class CenterCrop:
+    def __init__(self, size):
+        self.h, self.w = _pair(size)
+
+    def __call__(self, img):
+        w, h = img.size
+        left, top = int(round((w - self.w) / 2)), int(round((h - self.h) / 2))
+        return img.crop((left, top, left + self.w, top + self.h))
+
+
+class RandomCrop(CenterCrop):
+    def __call__(self, img):
+        w, h = img.size
+        left, top = random.randint(0, w - self.w), random.randint(0, h - self.h)
+        return img.crop((left, top, left + self.w, top + self.h))
+
+
+class ToTensor:
+    def __call__(self, img):
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+class Normalize:
+    def __init__(self, mean, std):
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+
+    def __call__(self, t):
+        return (t - self.mean[:, None, None]) / self.std[:, None, None]
+'''
+
+
+LAUNCHER = '''"""Run diffusers' script with the torchvision stand-in: launcher.py STUB_DIR SCRIPT ARGS..."""
+import runpy
+import sys
+
+from transformers.utils import import_utils
+
+import_utils.is_torchvision_available()  # cached while torchvision is truly absent
+stub, script = sys.argv[1], sys.argv[2]
+sys.argv = [script, *sys.argv[3:]]
+sys.path[0:1] = [str(__import__("pathlib").Path(script).resolve().parent), stub]
+runpy.run_path(script, run_name="__main__")
+'''
+
+
+@dataclass
+class Run:
+    """One training process as seen from outside."""
+    who: str
+    steps: int
+    stamps: dict[int, float] = field(default_factory=dict)  # step -> seconds since spawn
+    rss_training_mb: float = float("nan")                   # VmHWM when the last step was reported
+    peak_rss_mb: float = float("nan")                       # whole process (wait4 ru_maxrss)
+    wall_s: float = float("nan")
+    returncode: int | None = None
+    tail: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.steps in self.stamps
+
+    @property
+    def intervals(self) -> list[float]:
+        """Durations of steps 2..N."""
+        return [self.stamps[k] - self.stamps[k - 1] for k in range(2, self.steps + 1) if k in self.stamps and k - 1 in self.stamps]
+
+    @property
+    def s_per_step(self) -> float:
+        return mean(self.intervals) if self.intervals else float("nan")
+
+
+def vm_hwm_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def watch(cmd: list[str], env: dict[str, str], run: Run, pattern: re.Pattern, log: Path) -> Run:
+    """Run `cmd`, timestamping each step line as it arrives; reap it with wait4 for its peak RSS."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=log.parent)
+    lock = threading.Lock()
+
+    def pump(stream, sink) -> None:
+        buf = b""
+        while chunk := os.read(stream.fileno(), 1 << 16):
+            sink.write(chunk)
+            buf += chunk
+            *lines, buf = re.split(rb"[\r\n]", buf)
+            for raw in lines:
+                line = raw.decode(errors="replace").strip()
+                m = pattern.search(line)
+                if m:
+                    k = int(m.group(1))
+                    with lock:
+                        if k not in run.stamps:
+                            run.stamps[k] = time.monotonic() - start
+                            if k == run.steps:
+                                run.rss_training_mb = vm_hwm_mb(proc.pid)
+                elif line:
+                    with lock:
+                        run.tail = (run.tail + [line])[-15:]
+
+    with open(log, "wb") as sink:
+        threads = [threading.Thread(target=pump, args=(s, sink), daemon=True) for s in (proc.stdout, proc.stderr)]
+        for t in threads:
+            t.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        for t in threads:
+            t.join()
+    run.wall_s = time.monotonic() - start
+    run.returncode = proc.returncode
+    run.peak_rss_mb = usage.ru_maxrss / 1024
+    return run
+
+
+def child_env(threads: int, pythonpath: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def reference_cmd(launcher: Path, script: Path, model: Path, images: Path, out: Path, res: int, steps: int) -> list[str]:
+    return [
+        sys.executable, str(launcher), str(launcher.parent / "stub"), str(script),
+        "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(images),
+        "--instance_prompt", PROMPT, "--output_dir", str(out), "--resolution", str(res),
+        "--train_batch_size", "1", "--max_train_steps", str(steps), "--learning_rate", str(LR),
+        "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", str(RANK),
+        "--mixed_precision", "no", "--checkpointing_steps", "100000000", "--seed", str(SEED),
+        "--report_to", "tensorboard",  # accelerate skips it when tensorboard is not installed (as here)
+    ]
+
+
+def ours_cmd(model: Path, images: Path, out: Path, res: int, steps: int, threads: int) -> list[str]:
+    return [sys.executable, __file__, "--ours-child", str(model), str(images), str(out), str(res), str(steps), str(threads)]
+
+
+def ours_child(model: str, images: str, out: str, res: int, steps: int, threads: int) -> None:
+    """Train our LoRA at the reference's settings, printing one line per completed step."""
+    import torch
+
+    from dreambooth_core.config import TrainConfig
+    from dreambooth_core.events import CancelToken
+    from dreambooth_core.train import run_training
+
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(
+        method="lora", base_model=model, instance_data_dir=images, token="sks", class_noun="dog",
+        resolution=res, max_train_steps=steps, rank=RANK, alpha=float(RANK), train_batch_size=1,
+        learning_rate=LR, lr_scheduler="constant", mixed_precision="no", seed=SEED,
+        num_validation_images=0, checkpointing_steps=0, output_dir=out, overwrite=True,
+    )
+
+    def emit(event) -> None:
+        if event.type == "progress" and event.phase == "train":
+            print(f"@@step {event.step}/{event.total}", flush=True)
+
+    result = run_training(cfg, emit, CancelToken())
+    if result.status != "completed":
+        raise SystemExit(f"run ended {result.status}")
+
+
+def build_model(size: str, folder: str) -> None:
+    """The benchmark model as a diffusers folder in fp32 (what both trainers load)."""
+    from dreambooth_core.models.loading import save_diffusers
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    model = sd15_random_model() if size == "sd15" else tiny_base_model("sd1")
+    save_diffusers(model, folder, dtype="fp32")
+
+
+def fmt(x: float, spec: str) -> str:
+    return format(x, spec) if x == x else "n/a".rjust(len(format(0.0, spec)))
+
+
+def print_table(runs: list[Run]) -> None:
+    print(f"\n{'trainer':10s} {'N':>3s} {'s/step (2..N)':>14s} {'to step 1 s':>12s} {'wall s':>8s} "
+          f"{'RSS training MB':>16s} {'RSS process MB':>15s}  step durations s")
+    for r in runs:
+        times = " ".join(f"{t:.2f}" for t in r.intervals)
+        status = "" if r.returncode == 0 else f"  [exit {r.returncode}]"
+        print(f"{r.who:10s} {r.steps:3d} {fmt(r.s_per_step, '14.2f')} {fmt(r.stamps.get(1, float('nan')), '12.1f')} "
+              f"{r.wall_s:8.1f} {fmt(r.rss_training_mb, '16.0f')} {fmt(r.peak_rss_mb, '15.0f')}  {times}{status}")
+
+
+def summarize(runs: list[Run], steps: list[int]) -> None:
+    stats: dict[str, dict[str, float]] = {}
+    for who in ("reference", "ours"):
+        mine = [r for r in runs if r.who == who and r.complete]
+        pooled = [t for r in mine for t in r.intervals]
+        by_n = {r.steps: r.stamps[r.steps] for r in mine}
+        diff = float("nan")
+        if len(steps) >= 2 and steps[0] in by_n and steps[-1] in by_n:
+            diff = (by_n[steps[-1]] - by_n[steps[0]]) / (steps[-1] - steps[0])
+        stats[who] = {
+            "s_step": mean(pooled) if pooled else float("nan"),
+            "s_step_min": min(pooled) if pooled else float("nan"),
+            "diff": diff,
+            "rss": max((r.rss_training_mb for r in mine), default=float("nan")),
+            "peak": max((r.peak_rss_mb for r in mine), default=float("nan")),
+        }
+    ref, ours = stats["reference"], stats["ours"]
+    print(f"\n{'':34s} {'reference':>10s} {'ours':>10s} {'ours/ref':>9s} {'target':>7s}")
+    rows = [
+        ("s/step, mean of steps 2..N", "s_step", "8.2f", TARGET_TIME),
+        ("s/step, fastest step", "s_step_min", "8.2f", None),
+        (f"s/step, (t_last({steps[-1]})-t_last({steps[0]}))/{steps[-1] - steps[0]}", "diff", "8.2f", None),
+        ("peak RSS in training MB", "rss", "8.0f", TARGET_RSS),
+        ("peak RSS whole process MB", "peak", "8.0f", None),
+    ]
+    for label, key, spec, target in rows:
+        ratio = ours[key] / ref[key] if ref[key] == ref[key] and ref[key] else float("nan")
+        verdict = "" if target is None or ratio != ratio else (f"<={target} {'ok' if ratio <= target else 'MISSED'}")
+        print(f"{label:34s} {fmt(ref[key], '10' + spec[1:])} {fmt(ours[key], '10' + spec[1:])} {fmt(ratio, '9.2f')} {verdict}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference", type=Path, help="path to a local copy of diffusers' train_dreambooth_lora.py")
+    parser.add_argument("--size", choices=list(SIZES), default="sd15", help="sd15: SD1.5 architecture at 256 px; tiny: the tiny test model at 64 px")
+    parser.add_argument("--steps", type=int, nargs="+", default=[3, 6], help="step counts; each is run reference, then ours")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--work", type=Path, help="keep the model, images and logs here (a model already there is reused)")
+    parser.add_argument("--ours-child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--build-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.ours_child:
+        model, images, out, res, steps, threads = args.ours_child
+        ours_child(model, images, out, int(res), int(steps), int(threads))
+        return
+    if args.build_child:
+        build_model(*args.build_child)
+        return
+    if args.reference is None or not args.reference.is_file():
+        parser.error("--reference must name a local copy of diffusers' examples/dreambooth/train_dreambooth_lora.py (see the top of this file)")
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_reference."))
+    work.mkdir(parents=True, exist_ok=True)
+    res = SIZES[args.size]
+    try:
+        model = work / f"model-{args.size}"
+        if not (model / "model_index.json").exists():
+            t0 = time.monotonic()
+            subprocess.run([sys.executable, __file__, "--build-child", args.size, str(model)], check=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
+            print(f"built the random {args.size} model in {time.monotonic() - t0:.0f} s: {model}", flush=True)
+        images = write_instance_images(work / f"images-{res}", res)
+        launcher = work / "reference_launcher" / "launcher.py"
+        stub = launcher.parent / "stub" / "torchvision"
+        stub.mkdir(parents=True, exist_ok=True)
+        (stub / "__init__.py").write_text('"""Stand-in: only transforms."""\n__version__ = "0.0.0+stub"\n')
+        (stub / "transforms.py").write_text(TORCHVISION_STUB)
+        launcher.write_text(LAUNCHER)
+
+        print(f"size {args.size} ({res} px), LoRA rank {RANK}, batch 1, fp32, {args.threads} thread(s), "
+              f"steps {args.steps}; reference {args.reference}", flush=True)
+        runs: list[Run] = []
+        for n in args.steps:
+            for who in ("reference", "ours"):
+                out = work / f"out-{who}-{n}"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                if who == "reference":
+                    cmd, env, pattern = reference_cmd(launcher, args.reference.resolve(), model, images, out, res, n), child_env(args.threads, ""), REFERENCE_STEP
+                else:
+                    cmd, env, pattern = ours_cmd(model, images, out / "runs", res, n, args.threads), child_env(args.threads, str(REPO)), OURS_STEP
+                run = watch(cmd, env, Run(who, n), pattern, out / "log.txt")
+                runs.append(run)
+                print(f"  {who:9s} N={n}: {run.s_per_step:.2f} s/step, training RSS {run.rss_training_mb:.0f} MB, "
+                      f"process RSS {run.peak_rss_mb:.0f} MB, {run.wall_s:.0f} s wall, exit {run.returncode}", flush=True)
+                if not run.complete:
+                    print("    did not finish training; last lines:\n      " + "\n      ".join(run.tail), flush=True)
+        print_table(runs)
+        summarize(runs, args.steps)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
