@@ -6,6 +6,12 @@ alpha 4, batch 1, fp32, no prior preservation, no text-encoder training, no vali
 and no intermediate checkpoints, with the same number of threads, each run in its own
 fresh process, alternating reference / ours at N and then 2N steps.
 
+Differences that remain by design: we train kohya's LoRA targets (attention q/k/v/out plus
+proj_in/proj_out and the feed-forward linears: 192 modules, 1.7 M parameters) where the
+reference trains attention q/k/v/out only (128 modules, 0.8 M); we encode the images and
+the prompt once before training, the reference runs the VAE encoder and the text encoder
+at every step.
+
 The reference script is not part of this repository (never commit it): take
 `examples/dreambooth/train_dreambooth_lora.py` from a diffusers source checkout at the
 tag matching the installed diffusers (or the closest one), e.g.
@@ -28,10 +34,16 @@ What is measured, from outside each process:
 - s/step: the mean time between consecutive completed steps 2..N (step 1 carries the
   warm-up), taken from the progress lines as they arrive (the reference's tqdm bar, our
   Progress events); plus, per trainer, (t_last(2N) - t_last(N)) / N as a cross-check.
+- CPU s/step: the process's user+system CPU time over the same steps (from /proc). Near
+  `threads` x s/step when the process had the cores to itself; near s/step alone when it
+  shared them (CPU time also grows under contention, so it does not remove that noise).
 - RSS in training: the process's VmHWM (kernel high-water mark) read the moment the last
   step is reported, i.e. the peak of loading plus training. After training the reference
   also reloads the whole pipeline for a final-inference stage, so its whole-process peak
-  (wait4 ru_maxrss, also printed) is larger than its training peak.
+  (wait4 ru_maxrss, also printed) can be larger than its training peak.
+
+On a shared machine wall-time figures swing with other load: alternate runs (as this
+does), repeat, and read the per-step durations, not only the means.
 """
 from __future__ import annotations
 
@@ -161,6 +173,7 @@ class Run:
     who: str
     steps: int
     stamps: dict[int, float] = field(default_factory=dict)  # step -> seconds since spawn
+    cpu: dict[int, float] = field(default_factory=dict)     # step -> CPU seconds used so far
     rss_training_mb: float = float("nan")                   # VmHWM when the last step was reported
     peak_rss_mb: float = float("nan")                       # whole process (wait4 ru_maxrss)
     wall_s: float = float("nan")
@@ -180,6 +193,14 @@ class Run:
     def s_per_step(self) -> float:
         return mean(self.intervals) if self.intervals else float("nan")
 
+    @property
+    def cpu_intervals(self) -> list[float]:
+        return [self.cpu[k] - self.cpu[k - 1] for k in range(2, self.steps + 1) if k in self.cpu and k - 1 in self.cpu]
+
+    @property
+    def cpu_per_step(self) -> float:
+        return mean(self.cpu_intervals) if self.cpu_intervals else float("nan")
+
 
 def vm_hwm_mb(pid: int) -> float:
     try:
@@ -190,6 +211,16 @@ def vm_hwm_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def watch(cmd: list[str], env: dict[str, str], run: Run, pattern: re.Pattern, log: Path) -> Run:
@@ -212,6 +243,7 @@ def watch(cmd: list[str], env: dict[str, str], run: Run, pattern: re.Pattern, lo
                     with lock:
                         if k not in run.stamps:
                             run.stamps[k] = time.monotonic() - start
+                            run.cpu[k] = cpu_seconds(proc.pid)
                             if k == run.steps:
                                 run.rss_training_mb = vm_hwm_mb(proc.pid)
                 elif line:
@@ -292,12 +324,12 @@ def fmt(x: float, spec: str) -> str:
 
 
 def print_table(runs: list[Run]) -> None:
-    print(f"\n{'trainer':10s} {'N':>3s} {'s/step (2..N)':>14s} {'to step 1 s':>12s} {'wall s':>8s} "
+    print(f"\n{'trainer':10s} {'N':>3s} {'s/step (2..N)':>14s} {'CPU s/step':>11s} {'to step 1 s':>12s} {'wall s':>8s} "
           f"{'RSS training MB':>16s} {'RSS process MB':>15s}  step durations s")
     for r in runs:
         times = " ".join(f"{t:.2f}" for t in r.intervals)
         status = "" if r.returncode == 0 else f"  [exit {r.returncode}]"
-        print(f"{r.who:10s} {r.steps:3d} {fmt(r.s_per_step, '14.2f')} {fmt(r.stamps.get(1, float('nan')), '12.1f')} "
+        print(f"{r.who:10s} {r.steps:3d} {fmt(r.s_per_step, '14.2f')} {fmt(r.cpu_per_step, '11.2f')} {fmt(r.stamps.get(1, float('nan')), '12.1f')} "
               f"{r.wall_s:8.1f} {fmt(r.rss_training_mb, '16.0f')} {fmt(r.peak_rss_mb, '15.0f')}  {times}{status}")
 
 
@@ -306,6 +338,7 @@ def summarize(runs: list[Run], steps: list[int]) -> None:
     for who in ("reference", "ours"):
         mine = [r for r in runs if r.who == who and r.complete]
         pooled = [t for r in mine for t in r.intervals]
+        pooled_cpu = [t for r in mine for t in r.cpu_intervals]
         by_n = {r.steps: r.stamps[r.steps] for r in mine}
         diff = float("nan")
         if len(steps) >= 2 and steps[0] in by_n and steps[-1] in by_n:
@@ -314,6 +347,7 @@ def summarize(runs: list[Run], steps: list[int]) -> None:
             "s_step": mean(pooled) if pooled else float("nan"),
             "s_step_min": min(pooled) if pooled else float("nan"),
             "diff": diff,
+            "cpu": mean(pooled_cpu) if pooled_cpu else float("nan"),
             "rss": max((r.rss_training_mb for r in mine), default=float("nan")),
             "peak": max((r.peak_rss_mb for r in mine), default=float("nan")),
         }
@@ -323,6 +357,7 @@ def summarize(runs: list[Run], steps: list[int]) -> None:
         ("s/step, mean of steps 2..N", "s_step", "8.2f", TARGET_TIME),
         ("s/step, fastest step", "s_step_min", "8.2f", None),
         (f"s/step, (t_last({steps[-1]})-t_last({steps[0]}))/{steps[-1] - steps[0]}", "diff", "8.2f", None),
+        ("CPU s/step (user+sys), steps 2..N", "cpu", "8.2f", TARGET_TIME),
         ("peak RSS in training MB", "rss", "8.0f", TARGET_RSS),
         ("peak RSS whole process MB", "peak", "8.0f", None),
     ]
@@ -385,7 +420,7 @@ def main() -> None:
                     cmd, env, pattern = ours_cmd(model, images, out / "runs", res, n, args.threads), child_env(args.threads, str(REPO)), OURS_STEP
                 run = watch(cmd, env, Run(who, n), pattern, out / "log.txt")
                 runs.append(run)
-                print(f"  {who:9s} N={n}: {run.s_per_step:.2f} s/step, training RSS {run.rss_training_mb:.0f} MB, "
+                print(f"  {who:9s} N={n}: {run.s_per_step:.2f} s/step ({run.cpu_per_step:.2f} CPU s), training RSS {run.rss_training_mb:.0f} MB, "
                       f"process RSS {run.peak_rss_mb:.0f} MB, {run.wall_s:.0f} s wall, exit {run.returncode}", flush=True)
                 if not run.complete:
                     print("    did not finish training; last lines:\n      " + "\n      ".join(run.tail), flush=True)

@@ -118,6 +118,12 @@ def run_demo(
     from .toy.model import load_toy_model
     from .train import run_training
 
+    from .toy.model import TOY_INSTANCE_DIR, TOY_MODEL_PATH
+
+    for needed in (TOY_MODEL_PATH, TOY_INSTANCE_DIR):
+        if not needed.exists():
+            raise UserError(f"the bundled toy model is not in this checkout ({needed} is missing): "
+                            "build it with `python -m dreambooth_core.toy.pretrain`")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = methods or list(DEMO_METHODS)

@@ -49,7 +49,8 @@ class PretrainConfig:
     minutes: float = NOMINAL_MINUTES
     vae_steps: int = 1500
     vae_batch: int = 32
-    vae_crop: int = 32           # px: random crops of the 64 px images
+    vae_crop: int = 32           # px: random crops of the 64 px images...
+    vae_full_fraction: float = 0.25  # ...except in the last quarter of the steps
     vae_lr: float = 5e-4
     kl_weight: float = 1e-4      # per latent element, against a per-pixel L1: keeps latents tame
     edge_weight: float = 0.5     # L1 of image gradients: crisp shape edges
@@ -69,11 +70,13 @@ class PretrainConfig:
 # ------------------------------------------------------------------ data
 
 def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    """Any colour: uniform RGB half the time, otherwise a saturated hue (which uniform RGB
-    rarely gives, and the subject's orange and teal are)."""
-    if rng.random() < 0.5:
+    """Any colour: uniform RGB a third of the time, otherwise a saturated hue - half of
+    those fully saturated - which uniform RGB rarely gives, and the subject's orange and
+    teal are."""
+    if rng.random() < 1 / 3:
         return tuple(int(v) for v in rng.integers(0, 256, 3))
-    h, s, v = rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.45, 1.0)
+    s = 1.0 if rng.random() < 0.5 else rng.uniform(0.5, 1.0)
+    h, v = rng.random(), rng.uniform(0.4, 1.0)
     return tuple(round(255 * c) for c in colorsys.hsv_to_rgb(h, s, v))
 
 
@@ -111,9 +114,9 @@ def to_images(x: "torch.Tensor") -> list[Image.Image]:
 
 
 def vae_batch(rng: np.random.Generator, n: int) -> "torch.Tensor":
-    """Half world scenes, half arbitrary-colour shapes."""
+    """A third world scenes, two thirds arbitrary-colour shapes (the harder part)."""
     images = [
-        W.sample_scene(rng).render(RESOLUTION) if rng.random() < 0.5 else random_object_image(rng)
+        W.sample_scene(rng).render(RESOLUTION) if rng.random() < 1 / 3 else random_object_image(rng)
         for _ in range(n)
     ]
     return to_tensor(images)
@@ -154,7 +157,8 @@ def random_crops(x: "torch.Tensor", size: int, rng: np.random.Generator) -> "tor
 
 
 def train_vae(model: "BaseModel", cfg: PretrainConfig, log: Callable[[str], None]) -> None:
-    """Reconstruction (L1 + MSE + edge L1) plus a small KL term, on random crops."""
+    """Reconstruction (L1 + MSE + edge L1) plus a small KL term, on random crops, then
+    on whole images."""
     import torch
 
     from . import evaluator as E
@@ -171,8 +175,12 @@ def train_vae(model: "BaseModel", cfg: PretrainConfig, log: Callable[[str], None
     held_out = vae_batch(np.random.default_rng([cfg.seed, 4]), 32)
     instances = W.instance_images()  # only watched, never trained on
     start = time.time()
+    full_from = round(steps * (1 - cfg.vae_full_fraction))
     for step in range(1, steps + 1):
-        x = random_crops(vae_batch(rng, cfg.vae_batch), cfg.vae_crop, rng)
+        if step <= full_from:
+            x = random_crops(vae_batch(rng, cfg.vae_batch), cfg.vae_crop, rng)
+        else:  # whole images at the same pixel count per step: whole objects, full-size attention
+            x = vae_batch(rng, cfg.vae_batch * cfg.vae_crop**2 // RESOLUTION**2)
         posterior = vae.encode(x).latent_dist
         y = vae.decode(posterior.sample(generator=gen)).sample
         rec = (y - x).abs().mean() + ((y - x) ** 2).mean()
