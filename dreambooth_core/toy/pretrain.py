@@ -62,6 +62,10 @@ class PretrainConfig:
     warmup: int = 100
     cfg_dropout: float = 0.1     # empty caption, for classifier-free guidance
     min_snr_gamma: float = 5.0   # min-SNR loss weighting: faster convergence at equal steps
+    # SD1's schedule leaves ~7% of the image at t=999, so a model learns to take the
+    # background (most of a toy image) from the noise's mean instead of the prompt; noise
+    # with a random per-channel offset makes that mean unreliable.
+    offset_noise: float = 0.2
 
     def steps(self, nominal: int) -> int:
         return max(1, round(nominal * self.minutes / NOMINAL_MINUTES))
@@ -81,17 +85,23 @@ def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 
 def random_object_image(rng: np.random.Generator, resolution: int = RESOLUTION) -> Image.Image:
-    """One world shape in arbitrary colours, size and place; two-toned (upper/lower half)
-    half the time. VAE training data beyond the world's palette."""
+    """One world shape in an arbitrary colour, size and place, on a world background half
+    the time (else on any colour); two-toned (upper / lower part) half the time. VAE
+    training data beyond the world's palette."""
     side = resolution * W.SUPERSAMPLE
-    canvas = Image.new("RGB", (side, side), _random_colour(rng))
+    if rng.random() < 0.5:
+        background = W.COLORS[W.BACKGROUNDS[int(rng.integers(len(W.BACKGROUNDS)))]]
+    else:
+        background = _random_colour(rng)
+    canvas = Image.new("RGB", (side, side), background)
     cls = list(W.CLASSES)[int(rng.integers(len(W.CLASSES)))]
     fw, fh = W.CLASSES[cls]
     extent = rng.uniform(0.25, 0.7) * side
     w, h = max(1, round(fw * extent * rng.uniform(0.8, 1.25))), max(1, round(fh * extent))
     obj = Image.new("RGB", (w, h), _random_colour(rng))
     if rng.random() < 0.5:
-        obj.paste(_random_colour(rng), (0, round(h * rng.uniform(0.3, 0.7)), w, h))
+        split = 0.5 if rng.random() < 0.5 else rng.uniform(0.3, 0.7)
+        obj.paste(_random_colour(rng), (0, round(h * split), w, h))
     cx, cy = rng.uniform(0.3, 0.7, 2) * side
     canvas.paste(obj, (round(cx - w / 2), round(cy - h / 2)), W.shape_mask(cls, (w, h)))
     return canvas.resize((resolution, resolution), Image.Resampling.BOX)
@@ -248,7 +258,7 @@ class CaptionEncoder:
 
 def train_denoiser(model: "BaseModel", cache: LatentCache, cfg: PretrainConfig, log: Callable[[str], None]) -> None:
     """Text encoder and UNet together, epsilon prediction on SD1's DDPM schedule, with
-    min-SNR-weighted MSE and `cfg_dropout` empty captions."""
+    min-SNR-weighted MSE, offset noise and `cfg_dropout` empty captions."""
     import torch
 
     unet, text_encoder = model.unet.train(), model.text_encoders[0].train()
@@ -268,6 +278,7 @@ def train_denoiser(model: "BaseModel", cache: LatentCache, cfg: PretrainConfig, 
         captions = ["" if rng.random() < cfg.cfg_dropout else random_caption(cache.scenes[i], rng) for i in idx]
         latents = cache.latents[torch.from_numpy(idx)]
         noise = torch.randn(latents.shape, generator=gen)
+        noise += cfg.offset_noise * torch.randn(*latents.shape[:2], 1, 1, generator=gen)
         t = torch.randint(0, n_train, (cfg.unet_batch,), generator=gen)
         noisy = noise_scheduler.add_noise(latents, noise, t)
         context = text_encoder(tokens(captions))[0]
