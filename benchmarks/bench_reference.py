@@ -2,7 +2,7 @@
 
 Both train the same random-weight model (SD1.5's architecture, built locally and saved
 as a diffusers folder; no download) on the same four 256 px images with LoRA rank 4,
-alpha 4, batch 1, fp32, no prior preservation, no text-encoder training, no validation
+alpha 4, batch 1, the same mixed precision (fp32 or bf16), no prior preservation, no text-encoder training, no validation
 and no intermediate checkpoints, with the same number of threads, each run in its own
 fresh process, alternating reference / ours at N and then 2N steps.
 
@@ -269,23 +269,23 @@ def child_env(threads: int, pythonpath: str) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def reference_cmd(launcher: Path, script: Path, model: Path, images: Path, out: Path, res: int, steps: int) -> list[str]:
+def reference_cmd(launcher: Path, script: Path, model: Path, images: Path, out: Path, res: int, steps: int, precision: str) -> list[str]:
     return [
         sys.executable, str(launcher), str(launcher.parent / "stub"), str(script),
         "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(images),
         "--instance_prompt", PROMPT, "--output_dir", str(out), "--resolution", str(res),
         "--train_batch_size", "1", "--max_train_steps", str(steps), "--learning_rate", str(LR),
         "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", str(RANK),
-        "--mixed_precision", "no", "--checkpointing_steps", "100000000", "--seed", str(SEED),
+        "--mixed_precision", precision, "--checkpointing_steps", "100000000", "--seed", str(SEED),
         "--report_to", "tensorboard",  # accelerate skips it when tensorboard is not installed (as here)
     ]
 
 
-def ours_cmd(model: Path, images: Path, out: Path, res: int, steps: int, threads: int) -> list[str]:
-    return [sys.executable, __file__, "--ours-child", str(model), str(images), str(out), str(res), str(steps), str(threads)]
+def ours_cmd(model: Path, images: Path, out: Path, res: int, steps: int, threads: int, precision: str) -> list[str]:
+    return [sys.executable, __file__, "--ours-child", str(model), str(images), str(out), str(res), str(steps), str(threads), precision]
 
 
-def ours_child(model: str, images: str, out: str, res: int, steps: int, threads: int) -> None:
+def ours_child(model: str, images: str, out: str, res: int, steps: int, threads: int, precision: str) -> None:
     """Train our LoRA at the reference's settings, printing one line per completed step."""
     import torch
 
@@ -297,7 +297,7 @@ def ours_child(model: str, images: str, out: str, res: int, steps: int, threads:
     cfg = TrainConfig(
         method="lora", base_model=model, instance_data_dir=images, token="sks", class_noun="dog",
         resolution=res, max_train_steps=steps, rank=RANK, alpha=float(RANK), train_batch_size=1,
-        learning_rate=LR, lr_scheduler="constant", mixed_precision="no", seed=SEED,
+        learning_rate=LR, lr_scheduler="constant", mixed_precision=precision, seed=SEED,
         num_validation_images=0, checkpointing_steps=0, output_dir=out, overwrite=True,
     )
 
@@ -373,14 +373,16 @@ def main() -> None:
     parser.add_argument("--size", choices=list(SIZES), default="sd15", help="sd15: SD1.5 architecture at 256 px; tiny: the tiny test model at 64 px")
     parser.add_argument("--steps", type=int, nargs="+", default=[3, 6], help="step counts; each is run reference, then ours")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
+                        help="both trainers' --mixed_precision: bf16 keeps the frozen weights in bf16 (default %(default)s)")
     parser.add_argument("--work", type=Path, help="keep the model, images and logs here (a model already there is reused)")
-    parser.add_argument("--ours-child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--ours-child", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--build-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.ours_child:
-        model, images, out, res, steps, threads = args.ours_child
-        ours_child(model, images, out, int(res), int(steps), int(threads))
+        model, images, out, res, steps, threads, precision = args.ours_child
+        ours_child(model, images, out, int(res), int(steps), int(threads), precision)
         return
     if args.build_child:
         build_model(*args.build_child)
@@ -406,7 +408,7 @@ def main() -> None:
         (stub / "transforms.py").write_text(TORCHVISION_STUB)
         launcher.write_text(LAUNCHER)
 
-        print(f"size {args.size} ({res} px), LoRA rank {RANK}, batch 1, fp32, {args.threads} thread(s), "
+        print(f"size {args.size} ({res} px), LoRA rank {RANK}, batch 1, mixed precision {args.mixed_precision}, {args.threads} thread(s), "
               f"steps {args.steps}; reference {args.reference}", flush=True)
         runs: list[Run] = []
         for n in args.steps:
@@ -415,9 +417,9 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 if who == "reference":
-                    cmd, env, pattern = reference_cmd(launcher, args.reference.resolve(), model, images, out, res, n), child_env(args.threads, ""), REFERENCE_STEP
+                    cmd, env, pattern = reference_cmd(launcher, args.reference.resolve(), model, images, out, res, n, args.mixed_precision), child_env(args.threads, ""), REFERENCE_STEP
                 else:
-                    cmd, env, pattern = ours_cmd(model, images, out / "runs", res, n, args.threads), child_env(args.threads, str(REPO)), OURS_STEP
+                    cmd, env, pattern = ours_cmd(model, images, out / "runs", res, n, args.threads, args.mixed_precision), child_env(args.threads, str(REPO)), OURS_STEP
                 run = watch(cmd, env, Run(who, n), pattern, out / "log.txt")
                 runs.append(run)
                 print(f"  {who:9s} N={n}: {run.s_per_step:.2f} s/step ({run.cpu_per_step:.2f} CPU s), training RSS {run.rss_training_mb:.0f} MB, "

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save, save_file
 
-from dreambooth_core.errors import FormatError
+from dreambooth_core.errors import FormatError, UserError
 from dreambooth_core.formats.checkpoint import ldm_state_dict
 from dreambooth_core.models import loading
 from dreambooth_core.models.detect import FAMILY_INDEX_KEY
@@ -162,3 +162,19 @@ def test_older_layouts_hosts_rename_are_read(tmp_path):
         loaded = load_base_model(path)
         assert loaded.family.name == family and not loaded.extras
         assert torch.equal(loaded.text_encoders[0](torch.tensor([[49406, 320, 49407]]))[0], model.text_encoders[0](torch.tensor([[49406, 320, 49407]]))[0])
+
+
+@pytest.mark.parametrize("form", ["single-file", "diffusers"])
+def test_components_load_in_their_own_dtypes(tmp_path, no_network, form):
+    """Frozen parts go straight to the compute dtype; the rest stays fp32 and exact."""
+    model = tiny_base_model("sd1", seed=6)
+    path = save_single_file(model, tmp_path / "m.safetensors", dtype="fp32") if form == "single-file" \
+        else save_diffusers(model, tmp_path / "m", dtype="fp32")
+    loaded = load_base_model(path, dtype={"unet": "bf16", "text_encoder": "fp16", "text_encoder_2": "bf16"})
+    assert loaded.unet.dtype == torch.bfloat16 and loaded.text_encoders[0].dtype == torch.float16
+    assert loaded.vae.dtype == torch.float32  # not named: fp32
+    assert all(torch.equal(a, b) for a, b in zip(loaded.vae.state_dict().values(), model.vae.state_dict().values()))
+    w = "conv_in.weight"
+    assert torch.equal(loaded.unet.state_dict()[w], model.unet.state_dict()[w].to(torch.bfloat16))
+    with pytest.raises(UserError, match="unknown model component.*unet"):
+        load_base_model(path, dtype={"transformer": "bf16"})

@@ -159,3 +159,43 @@ def test_lora_also_in_peft_layout(tmp_path):
         assert torch.equal(mod.down, peft.modules[key].down) and torch.equal(mod.up, peft.modules[key].up)
         assert mod.alpha == peft.modules[key].alpha
     assert result.outputs[1].path.endswith("outputs/zwx_dog-peft/pytorch_lora_weights.safetensors")
+
+
+def test_bf16_runs_load_frozen_parts_in_bf16_and_keep_what_is_saved_exact(tmp_path, monkeypatch):
+    """LoRA: the frozen base is loaded in bf16 (no fp32 copy at the peak), the LoRA trains in
+    fp32. DreamBooth: everything it saves again stays fp32, so the untouched VAE is exact."""
+    from test_train_support import Recorder
+
+    from dreambooth_core.models import loading
+    from dreambooth_core.models.loading import load_base_model, save_single_file
+    from dreambooth_core.train.loop import Trainer
+
+    loaded_dtypes = []
+
+    def recording_load(path, family=None, dtype="fp32", **kw):
+        model = load_base_model(path, family=family, dtype=dtype, **kw)
+        loaded_dtypes.append({n: m.dtype for n, m in (("unet", model.unet), ("vae", model.vae))})
+        return model
+
+    monkeypatch.setattr(loading, "load_base_model", recording_load)
+
+    base = tiny_base_model("sd1", seed=7)
+    path = save_single_file(base, tmp_path / "base.safetensors", dtype="fp32")
+    runs = {}
+    for method in ("lora", "dreambooth"):
+        cfg = tiny_config(tmp_path / method, method=method, base_model=str(path), mixed_precision="bf16",
+                          save_dtype="fp32", learning_rate=1e-3)
+        rec = Recorder()
+        trainer = Trainer(cfg, rec, rec.cancel)
+        runs[method] = (trainer.run(), trainer)
+    assert loaded_dtypes == [{"unet": torch.bfloat16, "vae": torch.bfloat16}, {"unet": torch.float32, "vae": torch.float32}]
+    lora_trainer = runs["lora"][1]
+    assert lora_trainer.model.text_encoders[0].dtype == torch.bfloat16
+    frozen = [p for n, p in lora_trainer.model.unet.named_parameters() if "lora_" not in n]
+    trained = [p for n, p in lora_trainer.model.unet.named_parameters() if "lora_" in n]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+
+    saved = load_base_model(only_artifact(runs["dreambooth"][0], "checkpoint").path)
+    for a, b in zip(saved.vae.state_dict().values(), base.vae.state_dict().values()):
+        assert torch.equal(a, b)

@@ -106,10 +106,11 @@ def load_ldm_state(
     family: Family,
     keys: Iterable[str],
     get: Callable[[str], "torch.Tensor"],
-    dtype: "torch.dtype",
+    dtypes: dict[str, "torch.dtype"],
     source: str = "the checkpoint",
 ) -> dict[str, "torch.Tensor"]:
-    """Fill `modules` (built on the meta device) from single-file tensors; return the extras.
+    """Fill `modules` (built on the meta device) from single-file tensors, each component in
+    its dtype from `dtypes`; return the extras.
 
     Tensors are fetched one key at a time with `get` and assigned in place of the empty
     parameters, so peak memory stays at one copy of the weights.
@@ -134,7 +135,7 @@ def load_ldm_state(
                     "folder, or save it with dreambooth-core, which records its configs in the file"
                 )
             for name, part in zip(rule.sources, rule.from_ldm(tensor, shapes)):
-                state[name] = part.to(dtype) if part.is_floating_point() else part
+                state[name] = part.to(dtypes[component]) if part.is_floating_point() else part
             consumed.add(rule.ldm)
         if missing:  # after the shape checks: a wrong-size model gets the more useful message
             raise FormatError(

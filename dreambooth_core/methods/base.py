@@ -55,14 +55,32 @@ class Method:
         """Whether saving writes the whole model (so the VAE and text encoders must be kept)."""
         return False
 
+    @classmethod
+    def full_precision_components(cls, config: "TrainConfig") -> tuple[str, ...]:
+        """Components kept in fp32 whatever the compute dtype: weights that train in full, or
+        that are saved again, must not be rounded to bf16 or fp16 on the way."""
+        return ()
+
+    @classmethod
+    def load_dtypes(cls, config: "TrainConfig", weight_dtype: "torch.dtype") -> dict[str, "torch.dtype"]:
+        """The dtype each base-model component is loaded in: frozen parts go straight to the
+        compute dtype, so no full fp32 copy of them ever exists."""
+        import torch
+
+        from ..models.loading import COMPONENTS
+
+        keep = cls.full_precision_components(config)
+        return {c: torch.float32 if c in keep else weight_dtype for c in COMPONENTS}
+
     def setup(self, weight_dtype: "torch.dtype") -> None:
-        """Freeze the whole model in the compute dtype, then let the method add/unfreeze its
+        """Freeze the whole model (in `load_dtypes`), then let the method add/unfreeze its
         weights, which are kept in fp32 (mixed-precision training updates fp32 masters)."""
         m = self.model
-        for module in (m.unet, m.vae, *m.text_encoders):
+        dtypes = self.load_dtypes(self.config, weight_dtype)
+        for name, module in {"unet": m.unet, "vae": m.vae, **dict(zip(m.family.text_encoders, m.text_encoders))}.items():
             module.requires_grad_(False)
-            if module.dtype != weight_dtype:
-                module.to(dtype=weight_dtype)
+            if module.dtype != dtypes[name]:
+                module.to(dtype=dtypes[name])
             module.eval()
         self.prepare()
         for p in self.parameters():

@@ -9,6 +9,7 @@ from .base import Method, SaveInfo
 if TYPE_CHECKING:
     import torch
 
+    from ..config import TrainConfig
     from ..events import Artifact
 
 
@@ -19,6 +20,12 @@ class DreamBoothMethod(Method):
     @property
     def trains_text_encoder(self) -> bool:
         return self.config.train_text_encoder
+
+    @classmethod
+    def full_precision_components(cls, config: "TrainConfig") -> tuple[str, ...]:
+        from ..models.loading import COMPONENTS
+
+        return COMPONENTS  # the UNet trains and the whole model is saved again
 
     @property
     def needs_full_model(self) -> bool:

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 CONFIGS_METADATA_KEY = "dreambooth_core.configs"
 EXTRAS_FILE = "ldm_extras.safetensors"
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "float": "float32"}
 _TEXT_CONFIG_NOISE = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
 STABILITY_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
@@ -50,6 +51,22 @@ def torch_dtype(dtype: "str | torch.dtype") -> "torch.dtype":
     if name is None:
         raise UserError(f"unknown dtype {dtype!r}: use fp16, bf16 or fp32")
     return getattr(torch, name)
+
+
+def component_dtypes(dtype: "str | torch.dtype | Mapping[str, str | torch.dtype]", components: Iterable[str]) -> dict[str, "torch.dtype"]:
+    """The load dtype of each of `components`: one dtype for all, or a mapping by component
+    name ("unet", "vae", "text_encoder", "text_encoder_2"; a name the model lacks is ignored,
+    a component the mapping lacks loads in fp32).
+
+    Loading frozen parts straight into the compute dtype, one tensor at a time, is what
+    keeps a bf16 LoRA run below a full fp32 copy of the UNet at its peak.
+    """
+    if isinstance(dtype, Mapping):
+        unknown = set(dtype) - set(COMPONENTS)
+        if unknown:
+            raise UserError(f"unknown model component(s) {', '.join(sorted(unknown))}: use {', '.join(COMPONENTS)}")
+        return {c: torch_dtype(dtype.get(c, "fp32")) for c in components}
+    return dict.fromkeys(components, torch_dtype(dtype))
 
 
 # ---------------------------------------------------------------- configs
@@ -200,7 +217,7 @@ def _open_tensors(path: Path, unsafe_pickle: bool) -> Iterator[tuple[dict[str, t
         yield shapes, metadata, get
 
 
-def _load_single_file(path: Path, family: str | Family | None, dtype: "torch.dtype", unsafe_pickle: bool) -> BaseModel:
+def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsafe_pickle: bool) -> BaseModel:
     with _open_tensors(path, unsafe_pickle) as (file_shapes, metadata, get_stored):
         names = normalized_key_names(file_shapes)
         shapes = {k: file_shapes[old] for k, old in names.items()}
@@ -212,7 +229,7 @@ def _load_single_file(path: Path, family: str | Family | None, dtype: "torch.dty
         configs = _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
         configs["scheduler"] = {**configs["scheduler"], "prediction_type": fam.prediction_type}
         modules = _empty_components(fam, configs)
-        extras = load_ldm_state(modules, fam, shapes.keys(), get, dtype, source=str(path))
+        extras = load_ldm_state(modules, fam, shapes.keys(), get, component_dtypes(dtype, modules), source=str(path))
     metadata.pop(CONFIGS_METADATA_KEY, None)
     return _bundle(fam, modules, configs["scheduler"], family_tokenizers(fam), source=path, name=path.stem, extras=extras, metadata=metadata)
 
@@ -232,21 +249,22 @@ def _transformers_dtype_kw(dtype: "torch.dtype") -> dict[str, Any]:
     return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
 
 
-def _load_diffusers(folder: Path, family: str | Family | None, dtype: "torch.dtype") -> BaseModel:
+def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     fam = detect_diffusers_family(folder, requested=family)
+    dtypes = component_dtypes(dtype, ("unet", "vae", *fam.text_encoders))
     modules: dict[str, Any] = {}
     try:
         for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
             modules[name] = cls.from_pretrained(
-                folder, subfolder=name, torch_dtype=dtype, local_files_only=True,
+                folder, subfolder=name, torch_dtype=dtypes[name], local_files_only=True,
                 variant=_variant(folder / name, "diffusion_pytorch_model"),
             )
         for i, name in enumerate(fam.text_encoders):
             modules[name] = _text_encoder_class(fam, i).from_pretrained(
-                folder / name, local_files_only=True, variant=_variant(folder / name, "model"), **_transformers_dtype_kw(dtype),
+                folder / name, local_files_only=True, variant=_variant(folder / name, "model"), **_transformers_dtype_kw(dtypes[name]),
             )
     except UserError:
         raise
@@ -272,20 +290,21 @@ def _load_diffusers(folder: Path, family: str | Family | None, dtype: "torch.dty
 def load_base_model(
     path: str | os.PathLike,
     family: str | Family | None = None,
-    dtype: "str | torch.dtype" = "fp32",
+    dtype: "str | torch.dtype | Mapping[str, str | torch.dtype]" = "fp32",
     unsafe_pickle: bool = False,
 ) -> BaseModel:
     """Load a `.safetensors` / `.ckpt` single file or a diffusers folder, offline.
 
     `family` (e.g. "sd2-v") overrides detection where the file cannot tell (SD2 v vs eps)
     but must agree with the file's layout. Pickled checkpoints are read with
-    `weights_only=True` unless `unsafe_pickle` is set.
+    `weights_only=True` unless `unsafe_pickle` is set. `dtype` is one dtype or one per
+    component (see `component_dtypes`).
     """
     p = Path(path)
     if p.is_dir():
-        return _load_diffusers(p, family, torch_dtype(dtype))
+        return _load_diffusers(p, family, dtype)
     require_file(p, "model file")
-    return _load_single_file(p, family, torch_dtype(dtype), unsafe_pickle)
+    return _load_single_file(p, family, dtype, unsafe_pickle)
 
 
 # ---------------------------------------------------------------- saving

@@ -232,7 +232,11 @@ class Trainer:
         if self.model is None:
             from ..models.loading import load_base_model
 
-            self.model = load_base_model(self.config.base_model, family=self.config.family)
+            from ..methods import get_method
+
+            cfg = self.config
+            dtypes = get_method(cfg.method).load_dtypes(cfg, WEIGHT_DTYPES[cfg.mixed_precision])
+            self.model = load_base_model(cfg.base_model, family=cfg.family, dtype=dtypes)
         for module in (self.model.unet, self.model.vae, *self.model.text_encoders):
             module.to(self.acc.device)
         return self.model
@@ -253,7 +257,7 @@ class Trainer:
         cfg = self.config
         spec = ClassImageSpec.from_config(cfg, self.model_hash, self.resolution)
         if self.is_main:
-            with self.acc.autocast():  # the base model is still in fp32 here
+            with self.acc.autocast():  # frozen parts may already be in the compute dtype, the rest in fp32
                 # image i is the same picture at any batch size; batches only pay off on a GPU
                 ensure_class_images(model, cfg, spec, self.emit, self.cancel, batch_size=4 if self.acc.device.type == "cuda" else 1)
         self.acc.wait_for_everyone()
