@@ -131,6 +131,64 @@ def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         raise FormatError(f"{p} is not a readable safetensors file ({exc}); it may be truncated: re-download or re-save it") from exc
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+    "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+}
+
+
+class SafetensorsReader:
+    """The tensors of a .safetensors file, each read on request with plain file reads.
+
+    safetensors' own loaders memory-map the file, and every page a map touches counts in
+    the process's resident set until the map is closed: loading a 3.4 GB fp32 UNet into
+    bf16 that way peaks at 3.4 + 1.7 GB. Reading one tensor at a time into its own buffer
+    peaks at the converted copies plus one tensor. safetensors itself validates the header
+    first; this class only uses its offsets.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import json
+        import struct
+
+        self.path = require_file(path, "safetensors file")
+        self.metadata = read_safetensors_metadata(self.path)  # validates the file's header
+        self._file = open(self.path, "rb")
+        try:
+            (size,) = struct.unpack("<Q", self._file.read(8))
+            header = json.loads(self._file.read(size))
+        except Exception:
+            self._file.close()
+            raise
+        header.pop("__metadata__", None)
+        self._entries: dict[str, dict[str, Any]] = header
+        self._data_start = 8 + size
+        self.shapes = {k: tuple(v["shape"]) for k, v in header.items()}
+
+    def get(self, key: str) -> "torch.Tensor":
+        import torch
+
+        entry = self._entries[key]
+        dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+        begin, end = entry["data_offsets"]
+        if end == begin:
+            return torch.empty(entry["shape"], dtype=dtype)
+        buf = bytearray(end - begin)
+        self._file.seek(self._data_start + begin)
+        if self._file.readinto(buf) != len(buf):
+            raise FormatError(f"{self.path}: tensor {key} is cut short; the file is truncated: re-download or re-save it")
+        return torch.frombuffer(buf, dtype=dtype).reshape(entry["shape"])
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def load_pickled(path: str | os.PathLike, what: str = "file", device: str = "cpu", unsafe: bool = False) -> Any:
     """torch.load with weights_only=True (tensors and plain containers; legacy or zip format).
 

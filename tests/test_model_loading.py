@@ -178,3 +178,45 @@ def test_components_load_in_their_own_dtypes(tmp_path, no_network, form):
     assert torch.equal(loaded.unet.state_dict()[w], model.unet.state_dict()[w].to(torch.bfloat16))
     with pytest.raises(UserError, match="unknown model component.*unet"):
         load_base_model(path, dtype={"transformer": "bf16"})
+
+
+def test_safetensors_reader_returns_every_tensor_exactly(tmp_path):
+    """Plain reads (no memory map) give the same tensors as safetensors' own loader."""
+    from safetensors.torch import load_file
+
+    from dreambooth_core.fileio import SafetensorsReader
+
+    tensors = {
+        "f32": torch.randn(3, 5), "f16": torch.randn(7).half(), "bf16": torch.randn(2, 2).bfloat16(),
+        "i64": torch.arange(6).reshape(2, 3), "u8": torch.tensor([0, 255], dtype=torch.uint8),
+        "flag": torch.tensor([True, False]), "empty": torch.zeros(0, 4), "scalar": torch.tensor(2.5),
+    }
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path), metadata={"k": "v"})
+    expected = load_file(str(path))
+    with SafetensorsReader(path) as reader:
+        assert reader.metadata == {"k": "v"} and reader.shapes == {k: tuple(v.shape) for k, v in tensors.items()}
+        for key, value in expected.items():
+            got = reader.get(key)
+            assert got.dtype == value.dtype and torch.equal(got, value), key
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(FormatError, match="truncated"):
+        with SafetensorsReader(path) as reader:
+            for key in reader.shapes:
+                reader.get(key)
+
+
+def test_diffusers_component_in_an_older_key_layout_goes_through_the_library(tmp_path, no_network):
+    """A text encoder saved with the position_ids buffer (older transformers) still loads."""
+    from safetensors.torch import load_file
+
+    model = tiny_base_model("sd1", seed=8)
+    folder = save_diffusers(model, tmp_path / "m", dtype="fp32")
+    weights = folder / "text_encoder" / "model.safetensors"
+    state = load_file(str(weights))
+    state["text_model.embeddings.position_ids"] = torch.arange(77).unsqueeze(0)
+    save_file(state, str(weights), metadata={"format": "pt"})
+    loaded = load_base_model(folder)
+    ids = torch.tensor([[49406, 320, 1125, 49407]])
+    with torch.no_grad():
+        assert torch.equal(loaded.text_encoders[0](ids)[0], model.text_encoders[0](ids)[0])

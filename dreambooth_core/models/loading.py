@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FormatError, OutputExistsError, UserError
 from ..families import Family, get_family
 from ..formats.checkpoint import ldm_state_dict, load_ldm_state, normalized_key_names
-from ..fileio import check_output, load_state_dict, require_file, save_safetensors
+from ..fileio import SafetensorsReader, check_output, load_state_dict, require_file, save_safetensors
 from .base import BaseModel
 from .detect import FAMILY_INDEX_KEY, detect_diffusers_family, detect_family
 from .tokenizers import family_tokenizers, write_tokenizer_folder
@@ -193,28 +193,13 @@ def empty_base_model(family: str | Family, configs: dict[str, dict[str, Any]] | 
 
 @contextlib.contextmanager
 def _open_tensors(path: Path, unsafe_pickle: bool) -> Iterator[tuple[dict[str, tuple[int, ...]], dict[str, str], Any]]:
-    """(shapes, metadata, get) of a single file; safetensors stay memory-mapped while open."""
+    """(shapes, metadata, get) of a single file; safetensors are read one tensor at a time."""
     if path.suffix.lower() != ".safetensors":
         sd = load_state_dict(path, unsafe_pickle=unsafe_pickle)
         yield {k: tuple(v.shape) for k, v in sd.items()}, {}, sd.__getitem__
         return
-    from safetensors import safe_open
-
-    try:
-        handle = safe_open(str(path), framework="pt")
-        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-        metadata = dict(handle.metadata() or {})
-    except Exception as exc:
-        raise FormatError(f"{path} is not a readable safetensors file ({exc}); it may be truncated: re-download or re-save it") from exc
-
-    def get(key: str) -> "torch.Tensor":
-        try:
-            return handle.get_tensor(key)
-        except Exception as exc:
-            raise FormatError(f"{path}: tensor {key} cannot be read ({exc}); the file may be corrupt") from exc
-
-    with handle:
-        yield shapes, metadata, get
+    with SafetensorsReader(path) as reader:
+        yield reader.shapes, dict(reader.metadata), reader.get
 
 
 def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsafe_pickle: bool) -> BaseModel:
@@ -249,23 +234,62 @@ def _transformers_dtype_kw(dtype: "torch.dtype") -> dict[str, Any]:
     return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
 
 
+def _assign_from_file(module: Any, path: Path, dtype: "torch.dtype") -> bool:
+    """Fill `module` (built on the meta device) from one safetensors file, one tensor at a
+    time in `dtype`. False when the file's keys or shapes are not exactly the module's (an
+    older layout the library's own loader knows how to convert)."""
+    expected = module.state_dict()
+    with SafetensorsReader(path) as reader:
+        if reader.shapes != {k: tuple(v.shape) for k, v in expected.items()}:
+            return False
+        state = {}
+        for key in reader.shapes:
+            tensor = reader.get(key)
+            state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    module.load_state_dict(state, strict=True, assign=True)
+    return True
+
+
+def _load_diffusers_component(folder: Path, name: str, cls: Any, dtype: "torch.dtype", is_text_encoder: bool) -> Any:
+    """One component of a diffusers folder. A single plain safetensors file is read tensor by
+    tensor into a module built on the meta device (peak memory: the result plus one tensor);
+    anything else (shards, .bin, older key layouts) goes through the library's loader."""
+    from accelerate import init_empty_weights
+
+    sub = folder / name
+    stem = "model" if is_text_encoder else "diffusion_pytorch_model"
+    variant = _variant(sub, stem)
+    single = sub / (f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors")
+    if single.is_file():
+        if is_text_encoder:
+            from transformers import CLIPTextConfig
+
+            with init_empty_weights():
+                module = cls(CLIPTextConfig.from_pretrained(sub, local_files_only=True))
+        else:
+            with init_empty_weights():
+                module = cls.from_config(cls.load_config(sub, local_files_only=True))
+        if _assign_from_file(module, single, dtype):
+            return module
+    if is_text_encoder:
+        return cls.from_pretrained(sub, local_files_only=True, variant=variant, **_transformers_dtype_kw(dtype))
+    return cls.from_pretrained(folder, subfolder=name, torch_dtype=dtype, local_files_only=True, variant=variant)
+
+
 def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> BaseModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
     fam = detect_diffusers_family(folder, requested=family)
     dtypes = component_dtypes(dtype, ("unet", "vae", *fam.text_encoders))
+    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
+    classes.update((name, _text_encoder_class(fam, i)) for i, name in enumerate(fam.text_encoders))
     modules: dict[str, Any] = {}
     try:
-        for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
-            modules[name] = cls.from_pretrained(
-                folder, subfolder=name, torch_dtype=dtypes[name], local_files_only=True,
-                variant=_variant(folder / name, "diffusion_pytorch_model"),
-            )
-        for i, name in enumerate(fam.text_encoders):
-            modules[name] = _text_encoder_class(fam, i).from_pretrained(
-                folder / name, local_files_only=True, variant=_variant(folder / name, "model"), **_transformers_dtype_kw(dtypes[name]),
-            )
+        for name, cls in classes.items():
+            modules[name] = _load_diffusers_component(folder, name, cls, dtypes[name], name in fam.text_encoders)
+    except FormatError as exc:
+        raise FormatError(f"{folder}: the {name} cannot be loaded: {exc}") from exc
     except UserError:
         raise
     except Exception as exc:  # the libraries raise OSError, ValueError, SafetensorError, … for a bad file
