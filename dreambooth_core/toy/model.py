@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 from ..families import get_family
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from ..models.base import BaseModel
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
@@ -78,40 +76,3 @@ def load_toy_model(path: str | Path = TOY_MODEL_PATH, dtype: str = "fp32") -> "B
     from ..models.loading import load_base_model
 
     return load_base_model(path, family=FAMILY, dtype=dtype)
-
-
-def toy_generate(
-    model: "BaseModel",
-    prompt: str,
-    n: int = 16,
-    *,
-    steps: int = 20,
-    guidance_scale: float = 6.0,
-    seed: int = 0,
-    negative_prompt: str | None = None,
-    batch_size: int = 16,
-) -> list["Image.Image"]:
-    """`n` samples of `prompt` at 64 px with DPM++ 2M: the quick look the demo and tests need.
-
-    Batches of `batch_size` each start from their own generator (`seed` + batch index), so
-    the first images do not change when `n` grows.
-    """
-    import torch
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=model.tokenizers[0],
-        unet=model.unet, scheduler=DPMSolverMultistepScheduler.from_config(model.scheduler_config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    images: list[Image.Image] = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        count = min(batch_size, n - start)
-        out = pipe(
-            prompt, negative_prompt=negative_prompt, num_images_per_prompt=count,
-            num_inference_steps=steps, guidance_scale=guidance_scale, height=RESOLUTION,
-            width=RESOLUTION, generator=torch.Generator().manual_seed(seed + i),
-        )
-        images.extend(out.images)
-    return images

@@ -56,6 +56,13 @@ class PretrainConfig:
     edge_weight: float = 0.5     # L1 of image gradients: crisp shape edges
     initial_logvar: float = -6.0  # of the VAE posterior, at initialisation
     scenes: int = 12000          # distinct world scenes whose latents are cached
+    # SD1's noise schedule was made for 64 x 64 latents; at 16 x 16 an object spans few
+    # latent pixels, and at unit scale enough of it survives even t=999 that the model
+    # takes objects from the noise instead of the prompt. Scaling the latents to std 1/4
+    # lowers every step's SNR 16-fold (the (64/16)^2 resolution shift of "simple
+    # diffusion"), through the VAE's scaling_factor alone: schedule, noise, samplers and
+    # trainers stay standard SD1.
+    latent_std: float = 0.25
     unet_steps: int = 1500
     unet_batch: int = 48
     lr: float = 6e-4
@@ -65,7 +72,7 @@ class PretrainConfig:
     # SD1's schedule leaves ~7% of the image at t=999, so a model learns to take the
     # background (most of a toy image) from the noise's mean instead of the prompt; noise
     # with a random per-channel offset makes that mean unreliable.
-    offset_noise: float = 0.2
+    offset_noise: float = 0.1
 
     def steps(self, nominal: int) -> int:
         return max(1, round(nominal * self.minutes / NOMINAL_MINUTES))
@@ -222,7 +229,8 @@ class LatentCache:
 
 
 def encode_scenes(model: "BaseModel", cfg: PretrainConfig, batch: int = 64) -> LatentCache:
-    """Encode `cfg.scenes` world scenes (posterior means) and fix the VAE's scaling factor."""
+    """Encode `cfg.scenes` world scenes (posterior means) and set the VAE's scaling factor
+    so that their scaled latents have standard deviation `cfg.latent_std`."""
     import torch
 
     rng = np.random.default_rng([cfg.seed, 2])
@@ -233,7 +241,7 @@ def encode_scenes(model: "BaseModel", cfg: PretrainConfig, batch: int = 64) -> L
             x = to_tensor([s.render(RESOLUTION) for s in scenes[i : i + batch]])
             chunks.append(model.vae.encode(x).latent_dist.mean)
     latents = torch.cat(chunks)
-    scale = round(1.0 / latents.std().item(), 5)
+    scale = round(cfg.latent_std / latents.std().item(), 5)
     model.vae.register_to_config(scaling_factor=scale)
     return LatentCache(scenes, latents * scale)
 
@@ -322,24 +330,28 @@ def vae_round_trip(model: "BaseModel", images: Sequence[Image.Image]) -> list[Im
 def evaluate(model: "BaseModel", n: int = 16, seed: int = 1000, steps: int = 20, guidance_scale: float = 6.0) -> dict[str, dict[str, float]]:
     """Evaluator scores of the base model: prompts follow, the class prior is plain and
     varied, the subject cannot be drawn, and the VAE reproduces the subject."""
+    from ..sample import generate
     from . import evaluator as E
-    from .model import toy_generate
+
+    def toy_generate(prompt: str) -> list[Image.Image]:
+        return generate(model, [prompt] * n, steps=steps, guidance_scale=guidance_scale, seed=seed,
+                        width=RESOLUTION, height=RESOLUTION, batch_size=n)
 
     rows: dict[str, dict[str, float]] = {}
     for prompt, asked in EVAL_PROMPTS:
-        images = toy_generate(model, prompt, n, steps=steps, guidance_scale=guidance_scale, seed=seed)
+        images = toy_generate(prompt)
         rows[prompt] = {
             "prompt_fidelity": E.prompt_fidelity(images, **asked),
             "class_fidelity": E.class_fidelity(images, asked["cls"]),
             "diversity": E.diversity(images),
         }
-    plain = toy_generate(model, W.class_prompt(), n, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    plain = toy_generate(W.class_prompt())
     rows[W.class_prompt()] = {
         "prompt_fidelity": E.prompt_fidelity(plain, background="gray", cls="ball"),
         "class_fidelity": E.class_fidelity(plain), "prior_preservation": E.prior_preservation(plain),
         "diversity": E.diversity(plain),
     }
-    subject = toy_generate(model, W.instance_prompt(), n, steps=steps, guidance_scale=guidance_scale, seed=seed)
+    subject = toy_generate(W.instance_prompt())
     rows[W.instance_prompt()] = {"subject_fidelity": E.subject_fidelity(subject), "class_fidelity": E.class_fidelity(subject)}
     rows["VAE round trip of instance_images()"] = {"subject_fidelity": E.subject_fidelity(vae_round_trip(model, W.instance_images()))}
     rows["instance_images() (reference)"] = {"subject_fidelity": E.subject_fidelity(W.instance_images())}
@@ -347,6 +359,16 @@ def evaluate(model: "BaseModel", n: int = 16, seed: int = 1000, steps: int = 20,
 
 
 # ------------------------------------------------------------------ entry point
+
+def save_instance_images(folder: Path, n: int = 6) -> list[Path]:
+    """The subject's instance photos as `instance/00.png`...: what a demo user would upload."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in enumerate(W.instance_images(n, resolution=RESOLUTION, seed=0)):
+        paths.append(folder / f"{i:02d}.png")
+        image.save(paths[-1])
+    return paths
+
 
 def _versions() -> dict[str, str]:
     import diffusers
@@ -358,34 +380,51 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__}
 
 
-def pretrain(cfg: PretrainConfig, log: Callable[[str], None] = print) -> tuple["BaseModel", dict[str, float]]:
-    """Build and train the toy model; returns it with the wall time of each phase (s)."""
+@dataclass
+class Clock:
+    """Wall and CPU seconds per phase: on a shared machine the wall time says little, and
+    the process's CPU time is what an idle machine would take (with one thread)."""
+
+    phases: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+    def run(self, name: str, fn: Callable[[], object]) -> object:
+        wall, cpu = time.time(), time.process_time()
+        result = fn()
+        self.phases[name] = (time.time() - wall, time.process_time() - cpu)
+        return result
+
+    def summary(self) -> str:
+        total = [sum(p[i] for p in self.phases.values()) for i in (0, 1)]
+        parts = [f"{k} {w:.0f}s wall / {c:.0f}s cpu" for k, (w, c) in self.phases.items()]
+        return f"total {total[0]:.0f}s wall / {total[1]:.0f}s cpu ({', '.join(parts)})"
+
+
+def pretrain(cfg: PretrainConfig, log: Callable[[str], None] = print, clock: Clock | None = None) -> "BaseModel":
+    """Build and train the toy model (seeded: the same config and thread count give the
+    same weights on the same machine)."""
     import torch
 
+    clock = clock or Clock()
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True)
     model = build_toy_model(cfg.seed)
-    times: dict[str, float] = {}
-    t0 = time.time()
-    train_vae(model, cfg, log)
-    times["vae"] = time.time() - t0
-    t0 = time.time()
-    cache = encode_scenes(model, cfg)
-    times["encode"] = time.time() - t0
-    log(f"encoded {len(cache.scenes)} scenes in {times['encode']:.0f}s; scaling_factor {model.vae.config.scaling_factor}")
-    t0 = time.time()
-    train_denoiser(model, cache, cfg, log)
-    times["denoiser"] = time.time() - t0
+    clock.run("vae", lambda: train_vae(model, cfg, log))
+    cache = clock.run("encode", lambda: encode_scenes(model, cfg))
+    log(f"encoded {len(cache.scenes)} scenes; scaling_factor {model.vae.config.scaling_factor}")
+    clock.run("denoiser", lambda: train_denoiser(model, cache, cfg, log))
     model.metadata = {
         "modelspec.title": "dreambooth_core toy sd1",
         "modelspec.description": "Tiny SD1-architecture model pretrained on dreambooth_core.toy.world (64 px).",
         "modelspec.resolution": f"{RESOLUTION}x{RESOLUTION}",
-        "dreambooth_core.toy.pretrain": json.dumps({"config": dataclasses.asdict(cfg), "versions": _versions()}, sort_keys=True),
+        "dreambooth_core.toy.pretrain": json.dumps(
+            {"config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(), "versions": _versions()},
+            sort_keys=True),
     }
-    return model, times
+    return model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
     from ..fileio import check_output
     from ..models.loading import save_single_file
 
@@ -393,22 +432,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="the .safetensors single file to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=NOMINAL_MINUTES,
-                        help="nominal 2-core CPU budget; scales the step counts (default %(default)s)")
+                        help="nominal budget in single-core CPU minutes; scales the step counts (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: robust on a shared machine). Part of the "
+                             "reproducibility key: another count gives other, equally good, weights")
+    parser.add_argument("--instance-dir", type=Path, help="also write the subject's instance PNGs here")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--evaluate", action="store_true", help="print evaluator scores of the result")
     args = parser.parse_args(argv)
     check_output(args.out, args.overwrite)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
     cfg = PretrainConfig(seed=args.seed, minutes=args.minutes)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    log(f"pretraining toy {FAMILY} model: {cfg}; {_versions()}")
-    start = time.time()
-    model, times = pretrain(cfg, log)
-    save_single_file(model, args.out, dtype="fp16", overwrite=args.overwrite)
-    log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); wall time {time.time() - start:.0f}s "
-        + ", ".join(f"{k} {v:.0f}s" for k, v in times.items()))
+    log(f"pretraining toy {FAMILY} model: {cfg}; threads {args.threads}; {_versions()}")
+    clock = Clock()
+    model = pretrain(cfg, log, clock)
+    clock.run("save", lambda: save_single_file(model, args.out, dtype="fp16", overwrite=args.overwrite))
+    log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); {clock.summary()}")
+    if args.instance_dir:
+        save_instance_images(args.instance_dir)
     if args.evaluate:
         from . import evaluator as E
         from .model import load_toy_model

@@ -1,0 +1,81 @@
+"""The DreamBooth paper's claims, on the bundled toy model: each method learns a subject the
+base cannot draw, and prior preservation keeps the class prompt free of the subject's traits.
+
+Each run is the demo's (same settings, same files, scored by the toy world's evaluator on
+samples of the trained file applied to a fresh base). Thresholds are the measured scores
+with a margin; the measured values are in the comments.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from dreambooth_core import demo
+from dreambooth_core.toy.model import load_toy_model
+
+pytestmark = pytest.mark.slow
+
+SUBJECT = "subject fidelity"
+PRIOR = "prior preservation"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("toy_learning")
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, float]:
+    return demo.evaluate(load_toy_model()).scores
+
+
+@pytest.fixture(scope="module")
+def runs(out):
+    """Trained lazily, once per module: {label: MethodRun}."""
+    cache: dict[str, demo.MethodRun] = {}
+
+    def get(label: str) -> demo.MethodRun:
+        if label not in cache:
+            method = NO_PRIOR if label == NO_PRIOR.label else demo.DEMO_METHODS[label]
+            cache[label] = demo.train_and_score(method, out)
+        return cache[label]
+
+    return get
+
+
+DREAMBOOTH = demo.DEMO_METHODS["dreambooth"]
+NO_PRIOR = dataclasses.replace(
+    DREAMBOOTH, label="dreambooth_without_prior", overrides={**DREAMBOOTH.overrides, "with_prior_preservation": False}
+)
+
+# measured (seed 0, 2 threads, `dreambooth-core demo`): base 0.000; dreambooth 0.523; lora 0.701
+LEARNED = {"dreambooth": 0.35, "lora": 0.5}
+
+
+def test_the_base_cannot_draw_the_subject(base) -> None:
+    assert base[SUBJECT] <= 0.05
+
+
+@pytest.mark.parametrize("label", list(LEARNED))
+def test_each_method_learns_the_subject(runs, base, label) -> None:
+    scores = runs(label).evaluation.scores
+    assert scores[SUBJECT] >= LEARNED[label], scores
+    assert scores[SUBJECT] >= base[SUBJECT] + 0.3, (scores, base)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap: the toy UNet never drew orange, teal or a two-toned object, so no text embedding "
+    "reaches the subject (measured 0.001 at lr 2e-2 to 1e-1, 300-1000 steps, 2-4 vectors)"))
+def test_textual_inversion_learns_the_subject(runs, base) -> None:
+    scores = runs("textual_inversion").evaluation.scores
+    assert scores[SUBJECT] >= base[SUBJECT] + 0.3, (scores, base)
+
+
+def test_prior_preservation_keeps_the_class_better_than_without(runs, base) -> None:
+    """Same run without the class term: plain "a photo of a ball" turns into the subject
+    (the paper's language drift); with it, the class keeps much of its prior."""
+    with_prior = runs("dreambooth").evaluation.scores
+    without = runs(NO_PRIOR.label).evaluation.scores
+    # measured: with 0.558, without 0.000 (base 0.878)
+    assert with_prior[PRIOR] >= without[PRIOR] + 0.3, (with_prior, without)
