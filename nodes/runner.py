@@ -163,6 +163,7 @@ class EventRelay:
         self.losses: list[tuple[int, float]] = []
         self.preview = None
         self.step = self.total = 0
+        self.phase = ""
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Progress):
@@ -187,6 +188,7 @@ class EventRelay:
 
     def _progress(self, event: Progress) -> None:
         label = PHASES.get(event.phase, event.phase)
+        new_phase, self.phase = event.phase != self.phase, event.phase  # a phase change is always shown
         if event.phase == "train":
             self.step, self.total = event.step, event.total
             if event.loss is not None:
@@ -197,10 +199,10 @@ class EventRelay:
             if event.eta_seconds is not None:
                 text += f"  ETA {_duration(event.eta_seconds)}"
             self.progress.update(event.step, event.total, self._take_preview())
-            self._status(text)
+            self._status(text, force=new_phase)
         else:
             self.progress.update(event.step, event.total, self._take_preview())
-            self._status(f"{label} {event.step}/{event.total}" if event.phase in ("class_images", "caching") else label)
+            self._status(f"{label} {event.step}/{event.total}" if event.phase in ("class_images", "caching") else label, force=new_phase)
 
     def _preview(self, event: Preview) -> None:
         try:

@@ -343,3 +343,26 @@ def test_cancel_during_the_final_save_keeps_the_finished_file(comfy):
     jobs = package_module(comfy, "runner").manager().list()
     assert comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept))[0] == "zwx_toy.safetensors"
     assert package_module(comfy, "runner").manager().list() == jobs
+
+
+def test_status_line_shows_every_phase_change_despite_rate_limiting(comfy):
+    """Status messages are rate-limited, but the first of each phase always goes out."""
+    from nodes.runner import EventRelay
+
+    from dreambooth_core.events import Progress
+
+    sent: list[tuple[str, bool]] = []
+
+    class Bar:
+        def update(self, *args) -> None:
+            pass
+
+        def status(self, text: str, force: bool = False, **data) -> None:
+            sent.append((text, force))
+
+    relay = EventRelay(Bar())
+    for phase, total in (("class_images", 2), ("caching", 2), ("train", 3)):
+        for step in range(1, total + 1):
+            relay(Progress(phase=phase, step=step, total=total))
+    forced = [text for text, force in sent if force]
+    assert forced == ["class images 1/2", "caching latents 1/2", "training 1/3"]
