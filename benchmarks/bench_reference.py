@@ -187,7 +187,7 @@ class Run:
     @property
     def intervals(self) -> list[float]:
         """Durations of steps 2..N."""
-        return [self.stamps[k] - self.stamps[k - 1] for k in range(2, self.steps + 1) if k in self.stamps and k - 1 in self.stamps]
+        return _step_deltas(self.stamps, self.steps)
 
     @property
     def s_per_step(self) -> float:
@@ -195,11 +195,17 @@ class Run:
 
     @property
     def cpu_intervals(self) -> list[float]:
-        return [self.cpu[k] - self.cpu[k - 1] for k in range(2, self.steps + 1) if k in self.cpu and k - 1 in self.cpu]
+        """CPU seconds of steps 2..N."""
+        return _step_deltas(self.cpu, self.steps)
 
     @property
     def cpu_per_step(self) -> float:
         return mean(self.cpu_intervals) if self.cpu_intervals else float("nan")
+
+
+def _step_deltas(at_step: dict[int, float], steps: int) -> list[float]:
+    """What a per-step reading (time or CPU time at each completed step) grew by in steps 2..N."""
+    return [at_step[k] - at_step[k - 1] for k in range(2, steps + 1) if k in at_step and k - 1 in at_step]
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -18,7 +18,6 @@ import argparse
 import colorsys
 import dataclasses
 import json
-import math
 import platform
 import sys
 import time

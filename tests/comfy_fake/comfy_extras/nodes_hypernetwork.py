@@ -1,36 +1,43 @@
-"""Fake of `comfy_extras.nodes_hypernetwork.load_hypernetwork_patch` (ComfyUI 0.3.64).
+"""Stand-in for the host module our adapter imports to patch a hypernetwork into a MODEL.
 
-Reads the file as the real one does (`load_torch_file(path, safe_load=True)`, i.e.
-weights_only) and checks the same things: a known activation, int-able context-dim
-keys holding (k, v) state dicts. Returns a patch object, or None for an unknown activation.
+What the adapter relies on, and what this checks: the file is read through the host's
+safe (weights-only) torch loader; an activation name outside the host's list makes the
+loader give up (None, with an error in the log); every entry whose key is an attention
+width holds a (k, v) pair of module state dicts. The result carries those pairs by width
+and the strength it was asked for.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import comfy.utils
 
-VALID_ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
+KNOWN_ACTIVATIONS = frozenset({"linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish"})
 
 
+@dataclass
 class HypernetworkPatch:
-    def __init__(self, hypernet: dict, strength: float):
-        self.hypernet = hypernet
-        self.strength = strength
+    hypernet: dict[int, tuple[dict, dict]]
+    strength: float
+
+
+def _width(key: object) -> int | None:
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        return None
 
 
 def load_hypernetwork_patch(path, strength):
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    activation_func = sd.get("activation_func", "linear")
-    if activation_func not in VALID_ACTIVATIONS:
-        logging.error("Unsupported Hypernetwork format, if you report it I might implement it. %s %s", path, activation_func)
+    data = comfy.utils.load_torch_file(path, safe_load=True)
+    activation = data.get("activation_func", "linear")
+    if activation not in KNOWN_ACTIVATIONS:
+        logging.error("fake host: hypernetwork %s uses activation %r, which this host cannot build", path, activation)
         return None
-    out = {}
-    for d in sd:
-        try:
-            dim = int(d)
-        except (TypeError, ValueError):
-            continue
-        k_sd, v_sd = sd[dim][0], sd[dim][1]
-        out[dim] = (dict(k_sd), dict(v_sd))
-    return HypernetworkPatch(out, strength)
+    pairs = {}
+    for key, value in data.items():
+        width = _width(key)
+        if width is not None:
+            pairs[width] = (dict(value[0]), dict(value[1]))
+    return HypernetworkPatch(pairs, strength)
