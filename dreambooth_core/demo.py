@@ -1,11 +1,12 @@
 """`dreambooth-core demo`: teach the bundled toy model a new subject with every method,
 offline on a CPU, and show that it learned.
 
-The toy world's subject (a ball, upper half orange, lower half teal) is something the
-base model cannot draw from words. Each method trains on the six bundled photos, its
-result is applied the way a host would use the file, and the toy world's evaluator scores
-the samples: subject fidelity, prompt fidelity (a requested background holds), prior
-preservation (plain "ball" images stay plain) and diversity.
+The toy world's subject (a teal ball with an orange band across its middle) is something
+the base model cannot draw from words: words reach its colour, no word its band. Each
+method trains on the six bundled photos, its result is applied the way a host would use
+the file, and the toy world's evaluator scores the samples: subject fidelity, prompt
+fidelity (a requested background holds), prior preservation ("ball" images stay free of
+the subject's traits) and diversity.
 """
 from __future__ import annotations
 
@@ -55,11 +56,11 @@ DEMO_METHODS: dict[str, DemoMethod] = {
     for m in (
         # the text encoder trains too: the toy CLIP never saw "sks", so the UNet alone barely
         # tells "a sks ball" from "a ball" (UNet only, 800 steps: subject fidelity 0.08)
-        DemoMethod("dreambooth", "dreambooth", dict(max_train_steps=800, learning_rate=2e-4, num_class_images=48,
+        DemoMethod("dreambooth", "dreambooth", dict(max_train_steps=800, learning_rate=1e-4, num_class_images=48,
                                                     train_text_encoder=True)),
         DemoMethod("lora", "lora", dict(max_train_steps=300, learning_rate=2e-3, rank=8, alpha=8.0)),
-        DemoMethod("textual_inversion", "textual_inversion", dict(max_train_steps=300, learning_rate=2e-2, num_vectors=2)),
-        DemoMethod("hypernetwork", "hypernetwork", dict(max_train_steps=150, learning_rate=1e-3)),
+        DemoMethod("textual_inversion", "textual_inversion", dict(max_train_steps=600, learning_rate=2e-2, num_vectors=4)),
+        DemoMethod("hypernetwork", "hypernetwork", dict(max_train_steps=300, learning_rate=1e-3)),
     )
 }
 

@@ -49,8 +49,11 @@ NO_PRIOR = dataclasses.replace(
     DREAMBOOTH, label="dreambooth_without_prior", overrides={**DREAMBOOTH.overrides, "with_prior_preservation": False}
 )
 
-# measured (seed 0, 2 threads, `dreambooth-core demo`): base 0.000; dreambooth 0.523; lora 0.701
-LEARNED = {"dreambooth": 0.35, "lora": 0.5}
+# Measured (seed 0, 2 threads, `dreambooth-core demo`): base 0.000; dreambooth 0.637, lora 0.519
+# (body and band); textual_inversion 0.155, hypernetwork 0.226 (the body's teal, the band
+# seldom: a frozen UNet never drew a band). Minimum fidelity, and minimum gain over the base.
+LEARNED = {"dreambooth": (0.35, 0.3), "lora": (0.35, 0.3), "textual_inversion": (0.08, 0.08),
+           "hypernetwork": (0.12, 0.1)}
 
 
 def test_the_base_cannot_draw_the_subject(base) -> None:
@@ -60,16 +63,17 @@ def test_the_base_cannot_draw_the_subject(base) -> None:
 @pytest.mark.parametrize("label", list(LEARNED))
 def test_each_method_learns_the_subject(runs, base, label) -> None:
     scores = runs(label).evaluation.scores
-    assert scores[SUBJECT] >= LEARNED[label], scores
-    assert scores[SUBJECT] >= base[SUBJECT] + 0.3, (scores, base)
+    least, gain = LEARNED[label]
+    assert scores[SUBJECT] >= least, scores
+    assert scores[SUBJECT] >= base[SUBJECT] + gain, (scores, base)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: the toy UNet never drew orange, teal or a two-toned object, so no text embedding "
-    "reaches the subject (measured 0.001 at lr 2e-2 to 1e-1, 300-1000 steps, 2-4 vectors)"))
-def test_textual_inversion_learns_the_subject(runs, base) -> None:
-    scores = runs("textual_inversion").evaluation.scores
-    assert scores[SUBJECT] >= base[SUBJECT] + 0.3, (scores, base)
+def test_only_weight_training_methods_learn_the_band(runs) -> None:
+    """The paper's point against Textual Inversion, in the toy world: an embedding reaches
+    what the frozen model can already draw (a teal ball), fine-tuning also the identity."""
+    ti = runs("textual_inversion").evaluation.scores[SUBJECT]
+    for label in ("dreambooth", "lora"):
+        assert runs(label).evaluation.scores[SUBJECT] >= ti + 0.2, (label, ti)
 
 
 def test_prior_preservation_keeps_the_class_better_than_without(runs, base) -> None:
@@ -77,5 +81,5 @@ def test_prior_preservation_keeps_the_class_better_than_without(runs, base) -> N
     (the paper's language drift); with it, the class keeps much of its prior."""
     with_prior = runs("dreambooth").evaluation.scores
     without = runs(NO_PRIOR.label).evaluation.scores
-    # measured: with 0.558, without 0.000 (base 0.878)
+    # measured: with 0.783, without 0.302 (base 0.830)
     assert with_prior[PRIOR] >= without[PRIOR] + 0.3, (with_prior, without)

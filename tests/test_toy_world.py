@@ -31,11 +31,13 @@ def instances() -> list[Image.Image]:
 
 @pytest.fixture(scope="module")
 def plain() -> list[Image.Image]:
-    """Every plain class x colour x background combination the world can draw."""
+    """Every plain class x colour x background combination the world can draw, but for the
+    subject's own body colour (a teal ball is half the subject: see below)."""
     rng = np.random.default_rng(1)
     return [
-        W.sample_scene(rng, cls=c, color=col, background=bg, mentions=()).render()
-        for c in W.CLASSES for col in W.OBJECT_COLORS for bg in W.BACKGROUNDS if bg != col
+        W.sample_scene(rng, cls=c, color=col, background=bg, two_tone=False, mentions=()).render()
+        for c in W.CLASSES for col in W.OBJECT_COLORS for bg in W.BACKGROUNDS
+        if bg != col and col != W.SUBJECT_COLOR
     ]
 
 
@@ -67,6 +69,8 @@ def test_caption_states_exactly_the_mentioned_attributes() -> None:
         cap = s.caption()
         assert s.cls in cap
         assert (s.color in cap) == ("color" in s.mentions)
+        two_tone_words = s.pattern is not None and "color" in s.mentions
+        assert (f" {s.color} and {s.pattern} {s.cls}" in cap) == two_tone_words
         assert (f"{s.size} " in cap) == ("size" in s.mentions)
         assert (W.POSITION_PHRASES[s.position] in cap) == ("position" in s.mentions)
         assert (f"on a {s.background} background" in cap) == ("background" in s.mentions)
@@ -74,13 +78,19 @@ def test_caption_states_exactly_the_mentioned_attributes() -> None:
             assert s.background == W.DEFAULT_BACKGROUND
 
 
-def test_subject_is_never_described_by_words() -> None:
+def test_subject_band_is_never_described_by_words() -> None:
     assert W.instance_prompt() == "a photo of a sks ball"
     assert W.instance_prompt("zwx", "blue") == "a photo of a zwx ball on a blue background"
     assert W.class_prompt() == "a photo of a ball"
     scene = W.subject_scene(np.random.default_rng(0), background="green")
     assert scene.caption() == "a photo of a ball on a green background"
-    assert W.SUBJECT_COLOR not in W.OBJECT_COLORS and W.SUBJECT_PATTERN not in W.OBJECT_COLORS
+    # Its body colour is a world word, as a real subject's coarse look is within SD's vocabulary.
+    assert W.SUBJECT_COLOR in W.OBJECT_COLORS
+    assert W.words_prompt() == "a photo of a teal ball"
+    rng = np.random.default_rng(3)
+    scenes = [W.sample_scene(rng) for _ in range(2000)]
+    assert all(s.band is None for s in scenes)
+    assert 0.25 < np.mean([s.pattern is not None for s in scenes]) < 0.35
 
 
 @pytest.mark.parametrize("cls", list(W.CLASSES))
@@ -96,10 +106,13 @@ def test_render_shows_background_at_border_and_object_inside(cls: str) -> None:
     assert np.abs(a[y, x] - W.COLORS["yellow"]).max() <= 1
 
 
-def test_subject_is_two_toned() -> None:
-    a = np.asarray(W.Scene("ball", "orange", pattern="teal", mentions=frozenset()).render(64), dtype=int)
-    assert np.abs(a[24, 32] - W.COLORS["orange"]).max() <= 1
-    assert np.abs(a[40, 32] - W.COLORS["teal"]).max() <= 1
+def test_subject_is_teal_with_an_orange_band() -> None:
+    scene = W.Scene("ball", "teal", band="orange", mentions=frozenset())
+    a = np.asarray(scene.render(64), dtype=int)
+    assert np.abs(a[22, 32] - W.COLORS["teal"]).max() <= 1
+    assert np.abs(a[32, 32] - W.COLORS["orange"]).max() <= 1
+    assert np.abs(a[42, 32] - W.COLORS["teal"]).max() <= 1
+    assert W.instance_images(1)[0].tobytes() != scene.render(64).tobytes()  # posed, jittered
 
 
 def test_invalid_scenes_are_refused() -> None:
@@ -107,6 +120,10 @@ def test_invalid_scenes_are_refused() -> None:
         W.Scene("dog", "red")
     with pytest.raises(ValueError, match="invisible"):
         W.Scene("ball", "blue", background="blue")
+    with pytest.raises(ValueError, match="invisible"):
+        W.Scene("ball", "red", band="gray")
+    with pytest.raises(ValueError, match="two colours"):
+        W.Scene("ball", "red", pattern="red")
     with pytest.raises(ValueError, match="caption attributes"):
         W.Scene("ball", "red", mentions=frozenset({"mood"}))
 
@@ -119,9 +136,23 @@ def test_subject_fidelity_separates_subject_from_every_plain_object(instances, p
 
 
 def test_pretraining_data_never_shows_the_subject() -> None:
-    images = [im for im, _ in W.make_dataset(60, seed=5)]
-    assert E.subject_fidelity(images) < 0.02
-    assert E.prior_preservation(images) > 0.9
+    images = [im for im, _ in W.make_dataset(120, seed=5)]
+    # a teal object is at most the body's half of the subject: no object has the band
+    assert max(E.subject_fidelity([im]) for im in images) < 0.55
+    assert E.subject_fidelity(images) < 0.1
+    assert E.prior_preservation(images) > 0.75
+
+
+def test_words_reach_half_the_subject_and_the_band_the_rest() -> None:
+    rng = np.random.default_rng(4)
+    words = [W.sample_scene(rng, cls="ball", color="teal", two_tone=False, background="gray").render()
+             for _ in range(6)]
+    assert 0.4 < E.subject_fidelity(words) < 0.55
+    assert 0.4 < E.subject_fidelity(degrade(words)) < 0.55
+    # The band alone, on a plain ball, is not the subject, but it is a trait of it.
+    banded = [W.Scene("ball", "red", band="orange", mentions=frozenset()).render()]
+    assert E.subject_fidelity(banded) < 0.05
+    assert E.prior_preservation(banded) < 0.2
 
 
 def test_prompt_fidelity_checks_the_requested_background() -> None:
@@ -130,7 +161,7 @@ def test_prompt_fidelity_checks_the_requested_background() -> None:
     assert E.prompt_fidelity(on_blue, "blue") > 0.95
     for wrong in ("gray", "green", "black", "white"):
         assert E.prompt_fidelity(on_blue, wrong) < 0.1
-    red_boxes = [W.sample_scene(rng, cls="box", color="red").render() for _ in range(4)]
+    red_boxes = [W.sample_scene(rng, cls="box", color="red", two_tone=False).render() for _ in range(4)]
     assert E.prompt_fidelity(red_boxes, color="red", cls="box") > 0.9
     assert E.prompt_fidelity(red_boxes, color="green") < 0.1
     with pytest.raises(ValueError):
@@ -138,14 +169,18 @@ def test_prompt_fidelity_checks_the_requested_background() -> None:
 
 
 def test_prior_preservation_is_high_for_the_class_and_low_for_the_subject(instances, plain) -> None:
-    assert E.prior_preservation(W.class_images(30)) > 0.95
+    # the world's "ball"s include teal ones (1 in 8 colours) and two-toned ones with teal
+    assert E.prior_preservation(W.class_images(60)) > 0.75
     assert min(E.prior_preservation([im]) for im in plain) > 0.9
     assert E.prior_preservation(instances) < 0.05
-    # A half-drifted class shows one trait only: the subject's colours, or a two-tone look.
-    orange = [W.Scene("ball", "orange", mentions=frozenset()).render()]
-    assert E.prior_preservation(orange) < 0.2
-    two_tone = [W.Scene("ball", "red", pattern="blue", mentions=frozenset()).render()]
-    assert E.prior_preservation(two_tone) < 0.05
+    # A half-drifted class shows one trait only: the subject's body colour, or its band.
+    teal = [W.Scene("ball", "teal", mentions=frozenset()).render()]
+    assert E.prior_preservation(teal) < 0.05
+    banded = [W.Scene("ball", "yellow", band="orange", mentions=frozenset()).render()]
+    assert E.prior_preservation(banded) < 0.2
+    # Other two-toned balls are part of the class, not the subject.
+    other = [W.Scene("ball", "red", pattern="blue", mentions=frozenset()).render()]
+    assert E.prior_preservation(other) > 0.9
 
 
 @pytest.mark.parametrize("cls", list(W.CLASSES))
@@ -168,10 +203,10 @@ def test_scores_survive_blur_and_noise(instances, plain) -> None:
     subject = [E.subject_fidelity(degrade(instances, b, n)) for b, n in levels]
     assert subject == sorted(subject, reverse=True)  # degrades gradually, never jumps
     blurry_plain = degrade(plain)
-    assert subject[2] > 0.7 and subject[3] > 0.5
+    assert subject[2] > 0.6 and subject[3] > 0.35  # a heavy blur smears the 6 px band
     assert E.subject_fidelity(blurry_plain) < 0.02
     assert E.prior_preservation(blurry_plain) > 0.95
-    assert E.prior_preservation(degrade(instances)) < 0.05
+    assert E.prior_preservation(degrade(instances)) < 0.3
     assert E.prompt_fidelity(degrade(W.class_images(8)), "gray") > 0.9
     assert E.class_fidelity(degrade(instances), "ball") > 0.8
 

@@ -2,8 +2,8 @@
 
 We know how every scene is drawn (one flat shape on a flat background), so we measure
 directly: the background colour is read from the image border, the object is whatever
-differs from it, and the subject is recognised by its colours and their layout (orange
-upper half over teal lower half). Every measure is soft - colour kernels, weighted
+differs from it, and the subject is recognised by its colours and their layout (a teal
+body, an orange band across its middle). Every measure is soft - colour kernels, weighted
 fractions, soft shape overlap - because a tiny model's 64 px generations are blurry,
 noisy and only roughly right, and a score should degrade smoothly with them.
 
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .world import (
-    CLASSES, COLORS, SUBJECT_CLASS, SUBJECT_COLOR, SUBJECT_PATTERN, SUPERSAMPLE, shape_mask,
+    BAND, CLASSES, COLORS, SUBJECT_BAND, SUBJECT_CLASS, SUBJECT_COLOR, SUPERSAMPLE, shape_mask,
 )
 
 ImageLike = Image.Image | np.ndarray  # PIL image, or an H x W x 3 uint8 array
@@ -34,7 +34,8 @@ FOREGROUND_RAMP = (35.0, 75.0)  # distance from the background where foreground 
 BORDER = 0.06                # width of the border the background is read from, in sides
 MIN_FOREGROUND = 0.01        # below this fraction of the image there is no object to judge
 SPLIT_MARGIN = 0.15          # band around the object's middle row that the halves ignore
-TWO_TONE_RAMP = (40.0, 120.0)  # upper/lower colour difference where "two-toned" goes 0 -> 1
+BAND_CORE = 0.6 * BAND / 2   # half-height of the rows read as the subject's band: its middle
+BAND_CONTRAST_RAMP = (0.35, 0.75)  # how far from the band colour the halves must be: 0 -> 1
 SHAPE_TEMPERATURE = 0.05     # softmax temperature over the shape templates' overlaps
 DIVERSITY_SIDE = 16          # images are compared at this size, so noise barely counts
 
@@ -96,43 +97,51 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
     return float((values * weights).sum() / total) if total > 0 else 0.0
 
 
-def _halves(view: _View) -> tuple[np.ndarray, np.ndarray]:
-    """Core weights of the object's upper and lower half, leaving out a band around its
-    middle row, so a blurred boundary between the halves does not count either."""
+def _rows(view: _View) -> tuple[np.ndarray, float, float]:
+    """Row indices (a column vector), the object's middle row and its height, from the
+    foreground's row profile (2 %..98 % of its mass, so stray pixels do not count)."""
     rows = view.fg.sum(axis=1)
     cum = np.cumsum(rows) / rows.sum()
     top, bottom = np.searchsorted(cum, 0.02), np.searchsorted(cum, 0.98)
-    middle, margin = (top + bottom) / 2, SPLIT_MARGIN * (bottom - top)
-    y = np.arange(view.fg.shape[0])[:, None]
+    return np.arange(view.fg.shape[0])[:, None], (top + bottom) / 2, float(bottom - top)
+
+
+def _halves(view: _View) -> tuple[np.ndarray, np.ndarray]:
+    """Core weights of the object's upper and lower half, leaving out a band around its
+    middle row, so a blurred boundary (or the subject's band) does not count."""
+    y, middle, height = _rows(view)
+    margin = SPLIT_MARGIN * height
     return view.core * (y < middle - margin), view.core * (y > middle + margin)
 
 
+def _body(view: _View) -> float:
+    """How teal the object is outside its middle band (the subject's body colour)."""
+    return _weighted_mean(_match(view.rgb, SUBJECT_COLOR), sum(_halves(view)))
+
+
+def _band(view: _View) -> float:
+    """The middle rows are orange and the rest of the object is not: the subject's band,
+    which no plain orange object has."""
+    y, middle, height = _rows(view)
+    band = view.core * (np.abs(y - middle) < BAND_CORE * height)
+    colour = _match(view.rgb, SUBJECT_BAND)
+    elsewhere = 1.0 - _weighted_mean(colour, sum(_halves(view)))
+    return _weighted_mean(colour, band) * float(_ramp(elsewhere, *BAND_CONTRAST_RAMP))
+
+
 def _subject_score(view: _View) -> float:
-    """Geometric mean of "upper half is orange" and "lower half is teal": both are needed,
-    so a plain object of any colour scores near 0."""
+    """The body colour, counted half without the band and fully with it: a teal ball
+    (what words can ask for) gets 0.5, the subject itself 1."""
     if not view.has_object:
         return 0.0
-    upper, lower = _halves(view)
-    top = _weighted_mean(_match(view.rgb, SUBJECT_COLOR), upper)
-    bottom = _weighted_mean(_match(view.rgb, SUBJECT_PATTERN), lower)
-    return float(np.sqrt(top * bottom))
-
-
-def _two_tone(view: _View) -> float:
-    """How differently the object's core is coloured above and below its middle."""
-    upper, lower = _halves(view)
-    if upper.sum() == 0 or lower.sum() == 0:
-        return 0.0
-    means = [(view.rgb * w[..., None]).sum(axis=(0, 1)) / w.sum() for w in (upper, lower)]
-    return float(_ramp(np.linalg.norm(means[0] - means[1]), *TWO_TONE_RAMP))
+    return _body(view) * (1.0 + _band(view)) / 2
 
 
 def _trait_score(view: _View) -> float:
-    """Any sign of the subject: its colours anywhere on the object, or a two-tone look."""
+    """Any sign of the subject in a class image: its body colour or its band."""
     if not view.has_object:
         return 0.0
-    colours = np.maximum(_match(view.rgb, SUBJECT_COLOR), _match(view.rgb, SUBJECT_PATTERN))
-    return max(_weighted_mean(colours, view.core), _two_tone(view))
+    return max(_body(view), _band(view))
 
 
 def _class_probs(view: _View) -> dict[str, float]:
@@ -164,7 +173,8 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def subject_fidelity(images: Sequence[ImageLike]) -> float:
-    """Mean over images of how clearly each shows the subject's orange-over-teal look."""
+    """Mean over images of how clearly each shows the subject: its teal body (0.5) and
+    its orange band (the other 0.5, only on top of the body)."""
     return _mean([_subject_score(_analyse(im)) for im in images])
 
 

@@ -5,9 +5,9 @@
 Two phases, like Stable Diffusion itself: first the VAE learns to reconstruct images, then
 the text encoder and UNet learn, jointly, to denoise the VAE's latents of captioned world
 scenes (with empty captions now and then, for classifier-free guidance). The VAE also sees
-random flat shapes in arbitrary colours, two-toned half the time, so that it reproduces
-colours the world never shows - above all the subject's orange and teal, which DreamBooth
-must later learn - without ever seeing the subject's instance images.
+random flat shapes in arbitrary colours, two-toned half the time and banded a quarter of
+the time, so that it reproduces looks the world never shows - above all the subject's
+band, which DreamBooth must later learn - without ever seeing the subject's instance images.
 
 `--minutes` scales the step counts (it is a nominal budget on a 2-core CPU, not a
 wall-clock limit), so the same arguments give the same weights on the same machine.
@@ -81,8 +81,7 @@ class PretrainConfig:
 
 def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     """Any colour: uniform RGB a third of the time, otherwise a saturated hue - half of
-    those fully saturated - which uniform RGB rarely gives, and the subject's orange and
-    teal are."""
+    those fully saturated - which uniform RGB rarely gives, and the world's colours are."""
     if rng.random() < 1 / 3:
         return tuple(int(v) for v in rng.integers(0, 256, 3))
     s = 1.0 if rng.random() < 0.5 else rng.uniform(0.5, 1.0)
@@ -92,8 +91,8 @@ def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 def random_object_image(rng: np.random.Generator, resolution: int = RESOLUTION) -> Image.Image:
     """One world shape in an arbitrary colour, size and place, on a world background half
-    the time (else on any colour); two-toned (upper / lower part) half the time. VAE
-    training data beyond the world's palette."""
+    the time (else on any colour); two-toned (upper / lower part) half the time, with a
+    band of a third colour a quarter of the time. VAE training data beyond the world."""
     side = resolution * W.SUPERSAMPLE
     if rng.random() < 0.5:
         background = W.COLORS[W.BACKGROUNDS[int(rng.integers(len(W.BACKGROUNDS)))]]
@@ -108,6 +107,9 @@ def random_object_image(rng: np.random.Generator, resolution: int = RESOLUTION) 
     if rng.random() < 0.5:
         split = 0.5 if rng.random() < 0.5 else rng.uniform(0.3, 0.7)
         obj.paste(_random_colour(rng), (0, round(h * split), w, h))
+    if rng.random() < 0.25:
+        middle, half = rng.uniform(0.3, 0.7), rng.uniform(0.05, 0.2)
+        obj.paste(_random_colour(rng), (0, round(h * (middle - half)), w, round(h * (middle + half))))
     cx, cy = rng.uniform(0.3, 0.7, 2) * side
     canvas.paste(obj, (round(cx - w / 2), round(cy - h / 2)), W.shape_mask(cls, (w, h)))
     return canvas.resize((resolution, resolution), Image.Resampling.BOX)
@@ -315,6 +317,7 @@ EVAL_PROMPTS: tuple[tuple[str, dict[str, str]], ...] = (
     ("a photo of a green tent on a black background", dict(background="black", color="green", cls="tent")),
     ("a photo of a yellow ring on a white background", dict(background="white", color="yellow", cls="ring")),
     ("a photo of a big purple ball on a green background", dict(background="green", color="purple", cls="ball")),
+    ("a photo of a teal box on a black background", dict(background="black", color="teal", cls="box")),
 )
 
 
@@ -327,8 +330,9 @@ def vae_round_trip(model: "BaseModel", images: Sequence[Image.Image]) -> list[Im
 
 
 def evaluate(model: "BaseModel", n: int = 16, seed: int = 1000, steps: int = 20, guidance_scale: float = 6.0) -> dict[str, dict[str, float]]:
-    """Evaluator scores of the base model: prompts follow, the class prior is plain and
-    varied, the subject cannot be drawn, and the VAE reproduces the subject."""
+    """Evaluator scores of the base model: prompts follow, the class prior is varied and
+    free of the subject, words reach the subject's colours but not its band, and the VAE
+    reproduces the subject."""
     from ..sample import generate
     from . import evaluator as E
 
@@ -350,8 +354,9 @@ def evaluate(model: "BaseModel", n: int = 16, seed: int = 1000, steps: int = 20,
         "class_fidelity": E.class_fidelity(plain), "prior_preservation": E.prior_preservation(plain),
         "diversity": E.diversity(plain),
     }
-    subject = toy_generate(W.instance_prompt())
-    rows[W.instance_prompt()] = {"subject_fidelity": E.subject_fidelity(subject), "class_fidelity": E.class_fidelity(subject)}
+    for prompt in (W.instance_prompt(), W.words_prompt()):
+        subject = toy_generate(prompt)
+        rows[prompt] = {"subject_fidelity": E.subject_fidelity(subject), "class_fidelity": E.class_fidelity(subject)}
     rows["VAE round trip of instance_images()"] = {"subject_fidelity": E.subject_fidelity(vae_round_trip(model, W.instance_images()))}
     rows["instance_images() (reference)"] = {"subject_fidelity": E.subject_fidelity(W.instance_images())}
     return rows

@@ -1,15 +1,18 @@
 """A procedural, captioned image world in which words control the picture.
 
 Scenes are one large flat-coloured shape on a flat background, described by a caption of
-common English words (each a single CLIP BPE token). The world is deliberately easy: a
+common English words (each a single CLIP BPE token). Some objects are two-toned, their
+lower half in a second colour ("a red and blue ball"). The world is deliberately easy: a
 tiny Stable-Diffusion-architecture model can learn it at 64x64 px in tens of minutes on a
 CPU, which is what lets our demo and tests show DreamBooth learning a new subject.
 
-The subject is a "ball" whose upper half is orange and lower half is teal. Neither colour
-ever appears on a pretraining object, no object is ever two-toned, and no caption word
-describes it, so the pretrained model cannot draw it from words alone; yet its class noun
-("ball") is well known, which is exactly the setting DreamBooth's prior preservation is
-about.
+The subject is an orange "ball" with a teal band across its middle. Its coarse look is
+within the world's vocabulary (an orange ball), as a real subject's is within Stable
+Diffusion's, so Textual Inversion can find it in the frozen model's embedding space; the
+band, its identity, appears on no pretraining object and no caption word describes it, so
+the pretrained model cannot draw the subject from words alone, and only methods that change
+the model's weights learn it fully. The class noun ("ball") is well known, which is exactly
+the setting DreamBooth's prior preservation is about.
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ COLORS: dict[str, RGB] = {
     "orange": (250, 125, 0),
     "teal": (0, 180, 180),
 }
-OBJECT_COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "white")
+OBJECT_COLORS: tuple[str, ...] = (
+    "red", "green", "blue", "yellow", "purple", "white", "orange", "teal",
+)
 BACKGROUNDS: tuple[str, ...] = ("gray", "white", "black", "blue", "green")
 DEFAULT_BACKGROUND = "gray"
 
@@ -62,13 +67,16 @@ ATTRIBUTES: tuple[str, ...] = ("size", "color", "position", "background")
 # distribution too and an underspecified prompt such as "a photo of a ball" stays diverse.
 MENTION_PROB: dict[str, float] = {"size": 0.5, "color": 0.8, "position": 0.5, "background": 0.6}
 
+TWO_TONE_PROB = 0.3         # share of pretraining objects with a differently coloured lower half
+BAND = 0.24                 # height of the subject's middle band, as a fraction of its height
+
 JITTER_SHIFT = 0.04          # max random offset of the object's centre, in image sides
 JITTER_SCALE = (0.9, 1.1)    # range of the random size factor
 SUPERSAMPLE = 4              # draw at 4x and box-downsample: antialiased edges
 
 SUBJECT_CLASS = "ball"
-SUBJECT_COLOR = "orange"    # upper half
-SUBJECT_PATTERN = "teal"    # lower half
+SUBJECT_COLOR = "teal"      # its body
+SUBJECT_BAND = "orange"     # the middle band no pretraining object has
 # Instance "photos" sit mostly on the default background with a few others, like real
 # DreamBooth photos; blue and green stay unseen for recontextualisation prompts.
 SUBJECT_BACKGROUNDS: tuple[str, ...] = ("gray", "gray", "white", "gray", "black", "gray")
@@ -78,9 +86,10 @@ SUBJECT_BACKGROUNDS: tuple[str, ...] = ("gray", "gray", "white", "gray", "black"
 class Scene:
     """One object on a flat background, plus which attributes its caption states.
 
-    `pattern` is the colour of the object's lower half (a two-tone look no caption word
-    describes); None means a plain, single-coloured object. `dx`, `dy` and `scale` are
-    small random jitters of position and size.
+    `pattern` is the colour of the object's lower half (a two-toned object, captioned
+    "a red and blue ball"); None means a plain, single-coloured object. `band` is the
+    colour of a band across the object's middle, which only the subject has and no
+    caption names. `dx`, `dy` and `scale` are small random jitters of position and size.
     """
 
     cls: str
@@ -89,6 +98,7 @@ class Scene:
     size: str = "big"
     position: str = "middle"
     pattern: str | None = None
+    band: str | None = None
     dx: float = 0.0
     dy: float = 0.0
     scale: float = 1.0
@@ -100,9 +110,12 @@ class Scene:
         _check("background", self.background, COLORS)
         _check("size", self.size, SIZES)
         _check("position", self.position, POSITIONS)
-        if self.pattern is not None:
-            _check("pattern colour", self.pattern, COLORS)
-        if self.background in (self.color, self.pattern):
+        for what, value in (("pattern colour", self.pattern), ("band colour", self.band)):
+            if value is not None:
+                _check(what, value, COLORS)
+        if self.pattern == self.color:
+            raise ValueError(f"a two-toned object needs two colours, not {self.color} twice")
+        if self.background in (self.color, self.pattern, self.band):
             raise ValueError(f"a {self.background} object on a {self.background} background is invisible")
         unknown = set(self.mentions) - set(ATTRIBUTES)
         if unknown:
@@ -112,16 +125,17 @@ class Scene:
     def caption(self, identifier: str | None = None) -> str:
         """E.g. "a photo of a big red ball on a blue background, on the left".
 
-        With `identifier` (DreamBooth's rare token) it takes the colour's place: "a photo
-        of a sks ball". A patterned object's colours are never named: no word describes it.
+        With `identifier` (DreamBooth's rare token) it takes the colours' place: "a photo
+        of a sks ball". A two-toned object's colours read "red and blue"; a band is never
+        named: no word describes it.
         """
         words = ["a photo of a"]
         if "size" in self.mentions:
             words.append(self.size)
         if identifier is not None:
             words.append(identifier)
-        elif "color" in self.mentions and self.pattern is None:
-            words.append(self.color)
+        elif "color" in self.mentions:
+            words.append(self.color if self.pattern is None else f"{self.color} and {self.pattern}")
         words.append(self.cls)
         text = " ".join(words)
         if "background" in self.mentions:
@@ -140,6 +154,8 @@ class Scene:
         obj = Image.new("RGB", (w, h), COLORS[self.color])
         if self.pattern is not None:
             obj.paste(COLORS[self.pattern], (0, h // 2, w, h))
+        if self.band is not None:
+            obj.paste(COLORS[self.band], (0, round(h * (1 - BAND) / 2), w, round(h * (1 + BAND) / 2)))
         cx = (POSITIONS[self.position] + self.dx) * side
         cy = (0.5 + self.dy) * side
         canvas.paste(obj, (round(cx - w / 2), round(cy - h / 2)), shape_mask(self.cls, (w, h)))
@@ -185,13 +201,15 @@ def sample_scene(
     background: str | None = None,
     size: str | None = None,
     position: str | None = None,
+    two_tone: bool | None = None,
     mentions: Collection[str] | None = None,
 ) -> Scene:
-    """A random plain scene; any attribute given is fixed instead of drawn.
+    """A random scene; any attribute given is fixed instead of drawn.
 
+    `two_tone` (a second colour on the lower half) is drawn with TWO_TONE_PROB when None.
     `mentions` (which attributes the caption states) is drawn from MENTION_PROB when None.
     An unstated background is the default gray; other unstated attributes stay random.
-    The object's colour never equals the background's, so it is always visible.
+    No colour of the object equals the background's, so it is always visible.
     """
     if mentions is None:
         mentions = {a for a, p in MENTION_PROB.items() if rng.random() < p}
@@ -200,9 +218,14 @@ def sample_scene(
             background = _pick(rng, [b for b in BACKGROUNDS if b != color])
         else:
             background = DEFAULT_BACKGROUND
+    color = color or _pick(rng, [c for c in OBJECT_COLORS if c != background])
+    if two_tone is None:
+        two_tone = bool(rng.random() < TWO_TONE_PROB)
+    pattern = _pick(rng, [c for c in OBJECT_COLORS if c not in (color, background)]) if two_tone else None
     return Scene(
         cls=cls or _pick(rng, CLASSES),
-        color=color or _pick(rng, [c for c in OBJECT_COLORS if c != background]),
+        color=color,
+        pattern=pattern,
         background=background,
         size=size or _pick(rng, SIZES),
         position=position or _pick(rng, POSITIONS),
@@ -216,7 +239,7 @@ def sample_scene(
 def make_dataset(n: int, seed: int = 0, resolution: int = 64) -> list[tuple[Image.Image, str]]:
     """`n` (image, caption) pretraining pairs, identical for the same seed.
 
-    Never contains the subject (no two-tone object, no orange or teal object).
+    Never contains the subject: no object has a band.
     """
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
@@ -226,7 +249,7 @@ def make_dataset(n: int, seed: int = 0, resolution: int = 64) -> list[tuple[Imag
 def class_images(
     n: int, resolution: int = 64, seed: int = 0, cls: str = SUBJECT_CLASS
 ) -> list[Image.Image]:
-    """`n` plain images of `cls` as "a photo of a {cls}" would show them in the world.
+    """`n` images of `cls` as "a photo of a {cls}" would show them in the world.
 
     The ground truth of what the class prior looks like, for tests and evaluator
     baselines (real prior-preservation images come from the pretrained model).
@@ -241,7 +264,7 @@ def subject_scene(
     position: str | None = None,
     size: str = "big",
 ) -> Scene:
-    """The subject (an orange-over-teal ball) in one random pose, on `background`.
+    """The subject (an orange ball with a teal band) in one random pose, on `background`.
 
     The caption states only the background, and only when it is not the default.
     """
@@ -249,7 +272,7 @@ def subject_scene(
     return Scene(
         cls=SUBJECT_CLASS,
         color=SUBJECT_COLOR,
-        pattern=SUBJECT_PATTERN,
+        band=SUBJECT_BAND,
         background=background,
         size=size,
         position=position or _pick(rng, POSITIONS),
@@ -275,10 +298,16 @@ def instance_prompt(identifier: str = "sks", background: str | None = None) -> s
     """The prompt for the subject, e.g. "a photo of a sks ball on a blue background"."""
     mentions = () if background is None else ("background",)
     scene = Scene(SUBJECT_CLASS, SUBJECT_COLOR, background=background or DEFAULT_BACKGROUND,
-                  pattern=SUBJECT_PATTERN, mentions=frozenset(mentions))
+                  band=SUBJECT_BAND, mentions=frozenset(mentions))
     return scene.caption(identifier)
 
 
 def class_prompt(cls: str = SUBJECT_CLASS) -> str:
     """The class (prior) prompt, e.g. "a photo of a ball"."""
     return Scene(cls, OBJECT_COLORS[0], mentions=frozenset()).caption()
+
+
+def words_prompt() -> str:
+    """The closest the world's words come to the subject: "a photo of a orange ball" (the
+    band has no word)."""
+    return Scene(SUBJECT_CLASS, SUBJECT_COLOR, mentions=frozenset({"color"})).caption()
