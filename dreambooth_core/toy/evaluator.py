@@ -33,7 +33,7 @@ COLOR_SIGMA = 40.0           # RGB distance at which a colour match falls to exp
 FOREGROUND_RAMP = (35.0, 75.0)  # distance from the background where foreground goes 0 -> 1
 BORDER = 0.06                # width of the border the background is read from, in sides
 MIN_FOREGROUND = 0.01        # below this fraction of the image there is no object to judge
-SPLIT_MARGIN = 0.15          # band around the object's middle row that the halves ignore
+SPLIT_MARGIN = 0.15          # half-height of the middle rows the body colour ignores
 BAND_CORE = 0.6 * BAND / 2   # half-height of the rows read as the subject's band: its middle
 BAND_CONTRAST_RAMP = (0.35, 0.75)  # how far from the band colour the halves must be: 0 -> 1
 SHAPE_TEMPERATURE = 0.05     # softmax temperature over the shape templates' overlaps
@@ -97,36 +97,27 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
     return float((values * weights).sum() / total) if total > 0 else 0.0
 
 
-def _rows(view: _View) -> tuple[np.ndarray, float, float]:
-    """Row indices (a column vector), the object's middle row and its height, from the
-    foreground's row profile (2 %..98 % of its mass, so stray pixels do not count)."""
+def _zones(view: _View) -> tuple[np.ndarray, np.ndarray]:
+    """Core weights of the object's middle rows (where the subject's band is) and of the
+    rest of it, leaving out a margin between the two where colours blur. The object's
+    extent is read from the foreground's row profile (2 %..98 % of its mass, so stray
+    pixels do not count)."""
     rows = view.fg.sum(axis=1)
     cum = np.cumsum(rows) / rows.sum()
     top, bottom = np.searchsorted(cum, 0.02), np.searchsorted(cum, 0.98)
-    return np.arange(view.fg.shape[0])[:, None], (top + bottom) / 2, float(bottom - top)
+    height = float(bottom - top)
+    offset = np.abs(np.arange(view.fg.shape[0])[:, None] - (top + bottom) / 2)
+    return view.core * (offset < BAND_CORE * height), view.core * (offset > SPLIT_MARGIN * height)
 
 
-def _halves(view: _View) -> tuple[np.ndarray, np.ndarray]:
-    """Core weights of the object's upper and lower half, leaving out a band around its
-    middle row, so a blurred boundary (or the subject's band) does not count."""
-    y, middle, height = _rows(view)
-    margin = SPLIT_MARGIN * height
-    return view.core * (y < middle - margin), view.core * (y > middle + margin)
-
-
-def _body(view: _View) -> float:
-    """How teal the object is outside its middle band (the subject's body colour)."""
-    return _weighted_mean(_match(view.rgb, SUBJECT_COLOR), sum(_halves(view)))
-
-
-def _band(view: _View) -> float:
-    """The middle rows are orange and the rest of the object is not: the subject's band,
-    which no plain orange object has."""
-    y, middle, height = _rows(view)
-    band = view.core * (np.abs(y - middle) < BAND_CORE * height)
-    colour = _match(view.rgb, SUBJECT_BAND)
-    elsewhere = 1.0 - _weighted_mean(colour, sum(_halves(view)))
-    return _weighted_mean(colour, band) * float(_ramp(elsewhere, *BAND_CONTRAST_RAMP))
+def _traits(view: _View) -> tuple[float, float]:
+    """(body, band): how teal the object is outside its middle, and how orange its middle
+    is where the rest of it is not (so a plain orange object shows no band)."""
+    middle, rest = _zones(view)
+    body = _weighted_mean(_match(view.rgb, SUBJECT_COLOR), rest)
+    orange = _match(view.rgb, SUBJECT_BAND)
+    elsewhere = 1.0 - _weighted_mean(orange, rest)
+    return body, _weighted_mean(orange, middle) * float(_ramp(elsewhere, *BAND_CONTRAST_RAMP))
 
 
 def _subject_score(view: _View) -> float:
@@ -134,14 +125,13 @@ def _subject_score(view: _View) -> float:
     (what words can ask for) gets 0.5, the subject itself 1."""
     if not view.has_object:
         return 0.0
-    return _body(view) * (1.0 + _band(view)) / 2
+    body, band = _traits(view)
+    return body * (1.0 + band) / 2
 
 
 def _trait_score(view: _View) -> float:
     """Any sign of the subject in a class image: its body colour or its band."""
-    if not view.has_object:
-        return 0.0
-    return max(_body(view), _band(view))
+    return max(_traits(view)) if view.has_object else 0.0
 
 
 def _class_probs(view: _View) -> dict[str, float]:
