@@ -6,8 +6,8 @@ lower half in a second colour ("a red and blue ball"). The world is deliberately
 tiny Stable-Diffusion-architecture model can learn it at 64x64 px in tens of minutes on a
 CPU, which is what lets our demo and tests show DreamBooth learning a new subject.
 
-The subject is an orange "ball" with a teal band across its middle. Its coarse look is
-within the world's vocabulary (an orange ball), as a real subject's is within Stable
+The subject is a teal "ball" with an orange band across its middle. Its coarse look is
+within the world's vocabulary (a teal ball), as a real subject's is within Stable
 Diffusion's, so Textual Inversion can find it in the frozen model's embedding space; the
 band, its identity, appears on no pretraining object and no caption word describes it, so
 the pretrained model cannot draw the subject from words alone, and only methods that change
@@ -264,7 +264,7 @@ def subject_scene(
     position: str | None = None,
     size: str = "big",
 ) -> Scene:
-    """The subject (an orange ball with a teal band) in one random pose, on `background`.
+    """The subject (a teal ball with an orange band) in one random pose, on `background`.
 
     The caption states only the background, and only when it is not the default.
     """
@@ -308,6 +308,6 @@ def class_prompt(cls: str = SUBJECT_CLASS) -> str:
 
 
 def words_prompt() -> str:
-    """The closest the world's words come to the subject: "a photo of a orange ball" (the
+    """The closest the world's words come to the subject: "a photo of a teal ball" (the
     band has no word)."""
     return Scene(SUBJECT_CLASS, SUBJECT_COLOR, mentions=frozenset({"color"})).caption()
