@@ -3,6 +3,12 @@
     with fake_webui.installed():                 # the fakes (and the fake gradio) importable
         webui = fake_webui.setup(tmp_path)        # a fresh WebUI whose data folder is tmp_path
         fake_webui.load_extension(REPO_ROOT)      # runs scripts/*.py like modules/scripts.py
+
+The fakes stand in for the AUTOMATIC1111 WebUI (v1.10.1) modules the adapter uses, under
+the same module, attribute and function names, with just enough behaviour to be observed:
+folders are scanned for real, a model "loads" when `shared.sd_model` is touched (as the
+real lazy property does), and callbacks swallow and record exceptions as the real ones do.
+A subprocess started with PYTHONPATH=FAKE_DIR gets them through `sitecustomize.py`.
 """
 from __future__ import annotations
 
@@ -16,26 +22,44 @@ from types import SimpleNamespace
 from typing import Iterator
 
 FAKE_DIR = Path(__file__).resolve().parent
-# Top-level module names the fakes provide, plus the adapter package the extension loads.
-FAKE_NAMES = ("modules", "launch", "networks", "gradio", "fastapi", "dreambooth_core_a1111")
+if str(FAKE_DIR.parent) not in sys.path:  # host_fakes, when a subprocess starts here
+    sys.path.append(str(FAKE_DIR.parent))
+from host_fakes import FakeHostModules  # noqa: E402
 
-
-def _purge() -> None:
-    for name in list(sys.modules):
-        if name.split(".")[0] in FAKE_NAMES:
-            del sys.modules[name]
+# The WebUI's module names -> our fakes (None: a package with only submodules)
+WEBUI_MODULES = {
+    "modules": None,
+    "modules.paths": "fake_paths.py",
+    "modules.paths_internal": "fake_paths_internal.py",
+    "modules.textual_inversion": None,
+    "modules.textual_inversion.textual_inversion": "fake_textual_inversion.py",
+    "modules.hypernetworks": None,
+    "modules.hypernetworks.hypernetwork": "fake_hypernetwork.py",
+    "modules.script_callbacks": "fake_script_callbacks.py",
+    "modules.launch_utils": "fake_launch_utils.py",
+    "modules.shared": "fake_shared.py",
+    "modules.sd_hijack": "fake_sd_hijack.py",
+    "modules.options": "fake_options.py",
+    "modules.sd_models": "fake_sd_models.py",
+    "launch": "fake_launch.py",
+    "networks": "fake_networks.py",  # the built-in Lora extension's module
+    "gradio": "fake_gradio.py",
+    "fastapi": "fake_fastapi.py",
+    "fastapi.security": "fake_fastapi_security.py",
+}
+# plus the adapter package the extension loads, purged with them
+FAKES = FakeHostModules(FAKE_DIR, WEBUI_MODULES, extra=("dreambooth_core_a1111",))
 
 
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
-    """Make the fakes importable (first on sys.path) for the duration; leave no trace after."""
-    _purge()
+    """Make the fakes (and fake_trainer) importable for the duration; leave no trace after."""
     sys.path.insert(0, str(FAKE_DIR))
     try:
-        yield
+        with FAKES.installed():
+            yield
     finally:
         sys.path.remove(str(FAKE_DIR))
-        _purge()
 
 
 def setup(root: Path, **cmd_opts) -> SimpleNamespace:

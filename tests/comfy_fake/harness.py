@@ -1,5 +1,5 @@
-"""A fake ComfyUI session for the node tests: the fake host modules on sys.path, a
-temporary ComfyUI folder, the node pack loaded the way ComfyUI loads it, and nodes run
+"""A fake ComfyUI session for the node tests: our fake host modules served under ComfyUI's
+module names, a temporary ComfyUI folder, the node pack loaded the way ComfyUI loads it, and nodes run
 the way its executor runs them (hidden inputs, class clone, under torch.inference_mode).
 """
 from __future__ import annotations
@@ -10,23 +10,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from host_fakes import FakeHostModules
+
 FAKE_DIR = Path(__file__).resolve().parent
 REPO = FAKE_DIR.parents[1]
-FAKE_MODULES = ("folder_paths", "comfy", "comfy_api", "comfy_execution", "comfy_extras", "server")
-
-
-def _purge(prefixes: tuple[str, ...]) -> None:
-    for name in list(sys.modules):
-        if any(name == p or name.startswith(p + ".") for p in prefixes):
-            del sys.modules[name]
+# ComfyUI's module names -> our fakes (None: a package with only submodules)
+COMFY_MODULES = {
+    "folder_paths": "fake_folder_paths.py",
+    "server": "fake_server.py",
+    "comfy": None,
+    "comfy.model_management": "fake_model_management.py",
+    "comfy.sd": "fake_comfy_sd.py",
+    "comfy.utils": "fake_comfy_utils.py",
+    "comfy_api": None,
+    "comfy_api.latest": "fake_comfy_api.py",
+    "comfy_api.latest._io": "fake_io.py",
+    "comfy_api.latest._ui": "fake_ui.py",
+    "comfy_execution": None,
+    "comfy_execution.graph_utils": "fake_graph_utils.py",
+    "comfy_extras": None,
+    "comfy_extras.nodes_hypernetwork": "fake_hypernetwork_patch.py",
+}
 
 
 class Host:
     """One ComfyUI process: `nodes` maps node ids to the registered classes."""
 
     def __init__(self, base: Path):
-        _purge(FAKE_MODULES)
-        sys.path.insert(0, str(FAKE_DIR))
+        self.package_name = str(REPO).replace(".", "_x_")
+        self.fakes = FakeHostModules(FAKE_DIR, COMFY_MODULES, extra=(self.package_name,))
+        self.fakes.install()
         import comfy.model_management
         import comfy.utils
         import folder_paths
@@ -40,7 +53,6 @@ class Host:
         self.progress: list[tuple[int, int, Any]] = []
         self.on_progress = None  # test hook: called with (value, total) after each report
         comfy.utils.set_progress_bar_global_hook(self._hook)
-        self.package_name = str(REPO).replace(".", "_x_")
         self.package = self._load_package()
         self.extension = asyncio.run(self.package.comfy_entrypoint())
         self.nodes = {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(self.extension.get_node_list())}
@@ -78,9 +90,9 @@ class Host:
         import inspect
 
         cls = self.nodes[node_id]
-        fn = cls._real_override("validate_inputs")
-        if fn is None:
+        if not cls.overrides("validate_inputs"):
             return True
+        fn = cls.validate_inputs
         wanted = inspect.getfullargspec(fn).args
         return fn(**{k: v for k, v in inputs.items() if k in wanted})
 
@@ -89,6 +101,4 @@ class Host:
         self.mm.interrupt_current_processing(True)
 
     def close(self) -> None:
-        _purge(FAKE_MODULES + (self.package_name,))
-        if str(FAKE_DIR) in sys.path:
-            sys.path.remove(str(FAKE_DIR))
+        self.fakes.remove()

@@ -1,1 +1,0 @@
-"""Fake of the parts of ComfyUI's `comfy` package that the DreamBooth nodes use."""
