@@ -10,7 +10,9 @@ Differences that remain by design: we train kohya's LoRA targets (attention q/k/
 proj_in/proj_out and the feed-forward linears: 192 modules, 1.7 M parameters) where the
 reference trains attention q/k/v/out only (128 modules, 0.8 M); we encode the images and
 the prompt once before training, the reference runs the VAE encoder and the text encoder
-at every step.
+at every step; our frozen convolutions run on weights packed once for oneDNN (our default,
+`pack_frozen_convolutions`), the reference's are reordered at every call, as plain PyTorch
+does. `--no-pack` turns that off for ours, to see what it buys.
 
 The reference script is not part of this repository (never commit it): take
 `examples/dreambooth/train_dreambooth_lora.py` from a diffusers source checkout at the
@@ -287,11 +289,11 @@ def reference_cmd(launcher: Path, script: Path, model: Path, images: Path, out: 
     ]
 
 
-def ours_cmd(model: Path, images: Path, out: Path, res: int, steps: int, threads: int, precision: str) -> list[str]:
-    return [sys.executable, __file__, "--ours-child", str(model), str(images), str(out), str(res), str(steps), str(threads), precision]
+def ours_cmd(model: Path, images: Path, out: Path, res: int, steps: int, threads: int, precision: str, pack: bool) -> list[str]:
+    return [sys.executable, __file__, "--ours-child", str(model), str(images), str(out), str(res), str(steps), str(threads), precision, str(int(pack))]
 
 
-def ours_child(model: str, images: str, out: str, res: int, steps: int, threads: int, precision: str) -> None:
+def ours_child(model: str, images: str, out: str, res: int, steps: int, threads: int, precision: str, pack: bool) -> None:
     """Train our LoRA at the reference's settings, printing one line per completed step."""
     import torch
 
@@ -304,7 +306,7 @@ def ours_child(model: str, images: str, out: str, res: int, steps: int, threads:
         method="lora", base_model=model, instance_data_dir=images, token="sks", class_noun="dog",
         resolution=res, max_train_steps=steps, rank=RANK, alpha=float(RANK), train_batch_size=1,
         learning_rate=LR, lr_scheduler="constant", mixed_precision=precision, seed=SEED,
-        num_validation_images=0, checkpointing_steps=0, output_dir=out, overwrite=True,
+        num_validation_images=0, checkpointing_steps=0, output_dir=out, overwrite=True, pack_frozen_convolutions=pack,
     )
 
     def emit(event) -> None:
@@ -382,13 +384,14 @@ def main() -> None:
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no",
                         help="both trainers' --mixed_precision: bf16 keeps the frozen weights in bf16 (default %(default)s)")
     parser.add_argument("--work", type=Path, help="keep the model, images and logs here (a model already there is reused)")
-    parser.add_argument("--ours-child", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--no-pack", action="store_true", help="ours with pack_frozen_convolutions=false")
+    parser.add_argument("--ours-child", nargs=8, help=argparse.SUPPRESS)
     parser.add_argument("--build-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.ours_child:
-        model, images, out, res, steps, threads, precision = args.ours_child
-        ours_child(model, images, out, int(res), int(steps), int(threads), precision)
+        model, images, out, res, steps, threads, precision, pack = args.ours_child
+        ours_child(model, images, out, int(res), int(steps), int(threads), precision, pack == "1")
         return
     if args.build_child:
         build_model(*args.build_child)
@@ -415,6 +418,7 @@ def main() -> None:
         launcher.write_text(LAUNCHER)
 
         print(f"size {args.size} ({res} px), LoRA rank {RANK}, batch 1, mixed precision {args.mixed_precision}, {args.threads} thread(s), "
+              f"ours {'without' if args.no_pack else 'with'} packed convolutions, "
               f"steps {args.steps}; reference {args.reference}", flush=True)
         runs: list[Run] = []
         for n in args.steps:
@@ -425,7 +429,7 @@ def main() -> None:
                 if who == "reference":
                     cmd, env, pattern = reference_cmd(launcher, args.reference.resolve(), model, images, out, res, n, args.mixed_precision), child_env(args.threads, ""), REFERENCE_STEP
                 else:
-                    cmd, env, pattern = ours_cmd(model, images, out / "runs", res, n, args.threads, args.mixed_precision), child_env(args.threads, str(REPO)), OURS_STEP
+                    cmd, env, pattern = ours_cmd(model, images, out / "runs", res, n, args.threads, args.mixed_precision, not args.no_pack), child_env(args.threads, str(REPO)), OURS_STEP
                 run = watch(cmd, env, Run(who, n), pattern, out / "log.txt")
                 runs.append(run)
                 print(f"  {who:9s} N={n}: {run.s_per_step:.2f} s/step ({run.cpu_per_step:.2f} CPU s), training RSS {run.rss_training_mb:.0f} MB, "

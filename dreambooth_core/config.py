@@ -74,6 +74,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    pack_frozen_convolutions: bool = True  # CPU: frozen conv weights kept in oneDNN's layout (faster; +1 copy of them if it fits)
     snr_gamma: float | None = None
     noise_offset: float = 0.0
 

@@ -163,6 +163,7 @@ def test_api_auth_users_guard_the_routes(webui):
     webui.shared.cmd_opts.api_auth = "alice:secret,bob:pw"
     app = FastAPI()
     webui.script_callbacks.app_started_callback(None, app)
+    assert webui.script_callbacks.reported == []  # the WebUI would log the error and carry on without the API
     _, dependencies = app.routes[("GET", "/dreambooth/v1/runs")]
     (guard,) = dependencies
     assert guard.dependency(HTTPBasicCredentials("alice", "secret")) is True

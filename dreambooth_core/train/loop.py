@@ -13,6 +13,7 @@ import hashlib
 import os
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from ..errors import Cancelled, UserError
 from ..events import Artifact, CancelToken, Done, Error, Event, EventSink, Log, Preview, Progress, Started
 from ..data.dataset import LatentStats, TrainingData, caption_prompt, derive_seed, example_generator, make_examples
 from .loss import dreambooth_loss, min_snr_weights, per_example_mse, sample_noise, sample_timestep, training_target
+from .packed_convs import packed_frozen_convolutions, packing_cost
 from .prompts import PromptCache, common_word_warning
 from .result import RunResult
 from .run_dir import RunDir
@@ -257,7 +259,7 @@ class Trainer:
         cfg = self.config
         spec = ClassImageSpec.from_config(cfg, self.model_hash, self.resolution)
         if self.is_main:
-            with self.acc.autocast():  # frozen parts may already be in the compute dtype, the rest in fp32
+            with self.acc.autocast(), self._packing(gradients=False):  # frozen parts may already be in the compute dtype, the rest in fp32
                 # image i is the same picture at any batch size; batches only pay off on a GPU
                 ensure_class_images(model, cfg, spec, self.emit, self.cancel, batch_size=4 if self.acc.device.type == "cuda" else 1)
         self.acc.wait_for_everyone()
@@ -338,6 +340,28 @@ class Trainer:
     def _train(self) -> RunResult:
         cfg = self.config
         self.session_start = self.step
+        with self._packing(gradients=True) as packed:
+            if packed:
+                self.info(f"{packed} frozen convolutions will run on weights packed for oneDNN")
+            return self._run_steps()
+
+    def _packing(self, gradients: bool):
+        """Pack the UNet's frozen convolutions (train.packed_convs) when asked, and, for
+        training, when the extra copy of their weights takes at most half the free memory."""
+        if not self.config.pack_frozen_convolutions:
+            return nullcontext(0)
+        if gradients:
+            import psutil
+
+            extra, free = packing_cost(self.model.unet), psutil.virtual_memory().available
+            if extra > free / 2:
+                self.info(f"frozen convolutions stay plain: packing them would take {extra / 2**30:.1f} GiB more "
+                          f"with {free / 2**30:.1f} GiB free (pack_frozen_convolutions)")
+                return nullcontext(0)
+        return packed_frozen_convolutions(self.model.unet, gradients=gradients)
+
+    def _run_steps(self) -> RunResult:
+        cfg = self.config
         try:
             if self.step == 0:
                 self._validate()

@@ -93,14 +93,16 @@ def call(endpoint: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def mount(app, api: RunsApi) -> None:
     """Add the routes to the WebUI's FastAPI app (the WebUI's --api-auth users, if any)."""
     from fastapi import Depends, HTTPException
-    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    from fastapi.security import HTTPBasic
 
     users = host.api_auth()
     dependencies = None
     if users:
         import secrets
 
-        def authorise(credentials: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:
+        # no annotation: FastAPI would look a string annotation up in this module's globals,
+        # where a name imported in this function is not (the Depends default says it all)
+        def authorise(credentials=Depends(HTTPBasic())) -> bool:
             expected = users.get(credentials.username)
             if expected is not None and secrets.compare_digest(credentials.password, expected):
                 return True
