@@ -38,6 +38,7 @@ WORKER_REQUIREMENTS: tuple[str, ...] = (
     "transformers>=4.44",
     "peft>=0.13",
     "accelerate>=0.33",
+    "psutil>=5.9",
     "safetensors>=0.4.2",
     "numpy>=1.24",
     "pillow>=9.5",

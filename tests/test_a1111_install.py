@@ -50,7 +50,8 @@ def python_env(executable: str, prefix: str, base: str | None = None, **versions
 # An A1111 venv as installed: its pins, its CUDA torch, no diffusers or peft.
 A1111_HOST = python_env("/webui/venv/bin/python", "/webui/venv", "/usr", torch="2.1.2+cu121", torchvision="0.16.2+cu121",
                         xformers="0.0.23.post1", transformers="4.30.2", accelerate="0.21.0", safetensors="0.4.2",
-                        numpy="1.26.2", pillow="9.5.0", tqdm="4.66.1", pyyaml="6.0.1", tomli="2.0.1", gradio="3.41.2")
+                        numpy="1.26.2", pillow="9.5.0", tqdm="4.66.1", pyyaml="6.0.1", tomli="2.0.1", gradio="3.41.2",
+                        psutil="5.9.5")
 
 
 class Recorder:
@@ -153,7 +154,7 @@ def test_a_worker_python_that_is_the_webuis_own_is_never_changed(a1111, monkeypa
 def test_a_configured_separate_python_gets_only_what_it_lacks(a1111, monkeypatch):
     other = python_env("/opt/kohya/bin/python", "/opt/kohya", "/usr", torch="2.4.0", numpy="1.26.4", diffusers="0.31.0",
                        transformers="4.46.0", accelerate="1.0.0", safetensors="0.4.5", pillow="10.4.0", tqdm="4.66",
-                       pyyaml="6.0", tomli="2.0.1")
+                       pyyaml="6.0", tomli="2.0.1", psutil="6.0.0")
     (a1111.root / "config.json").write_text(json.dumps({"dreambooth_core_worker_python": other.executable}))
     monkeypatch.setattr(env, "probe", lambda python=None: A1111_HOST if python is None else other)
     assert a1111.install.main([], root=a1111.ext) == 0
@@ -173,7 +174,8 @@ def comfyui_extension(tmp_path) -> Path:
 def test_outside_a1111_only_what_is_missing_is_installed(tmp_path, monkeypatch):
     ext = comfyui_extension(tmp_path)
     here = python_env(sys.executable, "/comfy/venv", "/usr", torch="2.5.1+cu124", transformers="4.40.0",
-                      safetensors="0.4.2", numpy="1.26.4", pillow="10.0.0", tqdm="4.66", pyyaml="6.0", tomli="2.0.1")
+                      safetensors="0.4.2", numpy="1.26.4", pillow="10.0.0", tqdm="4.66", pyyaml="6.0", tomli="2.0.1",
+                      psutil="5.9.8")
     monkeypatch.setattr(env, "probe", lambda python=None: here)
     recorder = Recorder()
     monkeypatch.setattr(env, "run_command", recorder)

@@ -257,6 +257,41 @@ def test_train_hypernetwork_applies_through_comfyuis_patch(comfy):
     assert patch.strength == 0.5 and sorted(patch.hypernet) == [32, 64]  # attention widths (self and cross)
 
 
+@pytest.mark.parametrize("settings", [
+    dict(activation="relu", layer_norm=True, activate_output=True),
+    dict(activation="mish"),
+    dict(activation="relu", layer_norm=True),  # ComfyUI also activates the last Linear (it counts the LayerNorm)
+    dict(activation="relu", dropout_structure=(0, 0.1, 0)),  # ComfyUI's dropout (0.3) stays on when generating
+], ids=["relu-norm-output", "mish", "relu-norm", "dropout"])
+def test_comfyuis_patch_computes_what_a1111_does_exactly_for_the_settings_we_allow(comfy, tmp_path, settings):
+    import importlib
+
+    import torch
+
+    from dreambooth_core.errors import UserError
+    from dreambooth_core.formats.hypernetwork import Hypernetwork, check_host_compatible, save_hypernetwork
+
+    torch.manual_seed(0)
+    hn = Hypernetwork([32], layer_structure=(1, 2, 1), weight_init="XavierNormal", **settings)
+    with torch.no_grad():
+        for p in hn.parameters():  # LayerNorms away from their initialisation too
+            p.add_(torch.randn_like(p) * 0.3)
+    path = save_hypernetwork(hn, tmp_path / "hn.pt")
+    patch = importlib.import_module("comfy_extras.nodes_hypernetwork").load_hypernetwork_patch(str(path), 0.7)
+    context = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        q, k, v = patch(context, context, context, {})
+        a1111 = [mlp.eval()(context, 0.7) for mlp in hn.pair(32)]  # A1111 generates in eval mode
+    same = torch.allclose(k, a1111[0], atol=1e-5) and torch.allclose(v, a1111[1], atol=1e-5)
+    assert q is context
+    try:
+        check_host_compatible(hn.activation, hn.layer_norm, hn.activate_output, hn.dropout_structure)
+        allowed = True
+    except UserError:
+        allowed = False
+    assert same == allowed
+
+
 @pytest.mark.slow
 def test_train_dreambooth_with_prior_preservation_outputs_the_new_checkpoint(comfy):
     dataset, concept = dataset_and_concept(comfy, prior=True)
