@@ -43,7 +43,7 @@ def available() -> bool:
         packed = PackedWeights.of(conv, x.shape, gradients=False)
         got = _convolve(x, packed.forward_weight, packed.bias, packed.padding)
         return torch.allclose(got, conv(x), atol=1e-5) and torch.equal(packed.dense_weight(), conv.weight)
-    except (AttributeError, RuntimeError, NotImplementedError):  # no oneDNN, or ops of another signature
+    except (AttributeError, NotImplementedError, RuntimeError, TypeError):  # no oneDNN, or ops of another signature
         return False
 
 
