@@ -338,7 +338,6 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------
     def _train(self) -> RunResult:
-        cfg = self.config
         self.session_start = self.step
         with self._packing(gradients=True) as packed:
             if packed:

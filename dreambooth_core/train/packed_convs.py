@@ -86,11 +86,13 @@ class PackedWeights:
         w = conv.weight.detach()
         padding = list(conv.padding)
         gradient_padding = [k - 1 - p for k, p in zip(conv.kernel_size, padding)]
-        output_shape = [input_shape[0], w.shape[0], *input_shape[2:]]
-        flipped = w.transpose(0, 1).flip(2, 3).contiguous() if gradients else None
+        gradient_weight = None
+        if gradients:
+            flipped = w.transpose(0, 1).flip(2, 3).contiguous()
+            gradient_weight = _pack(flipped, gradient_padding, [input_shape[0], w.shape[0], *input_shape[2:]])
         return cls(
             forward_weight=_pack(w, padding, list(input_shape)),
-            gradient_weight=_pack(flipped, gradient_padding, output_shape) if gradients else None,
+            gradient_weight=gradient_weight,
             bias=None if conv.bias is None else conv.bias.detach(),
             padding=padding, gradient_padding=gradient_padding,
         )
@@ -142,7 +144,7 @@ class _PackedForward:
             with torch.no_grad():
                 self.packed = PackedWeights.of(conv, x.shape, self.gradients)
             conv.weight.data = torch.empty(0, dtype=conv.weight.dtype)
-            return_freed_memory()
+            _return_freed_memory()
         return _PackedConvolution.apply(x.to(self.packed.forward_weight.dtype), self.packed)
 
     def restore(self) -> None:
@@ -182,7 +184,7 @@ def _malloc_trim():
         return None
 
 
-def return_freed_memory() -> None:
+def _return_freed_memory() -> None:
     """Hand the pages of freed heap memory back to the system (glibc's malloc_trim).
 
     The plain weights that packing replaces mostly sit in the heap between tensors that
