@@ -10,6 +10,8 @@ the subject's traits) and diversity.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .events import EventSink
+    from .events import Event, EventSink, Progress
     from .models.base import BaseModel
     from .train.result import RunResult
 
@@ -123,21 +125,32 @@ class MethodRun:
     result: "RunResult"
     evaluation: Evaluation
     seconds: float
+    seconds_per_step: float    # training steps alone (no class images, caching or saving)
 
 
 def train_and_score(method: DemoMethod, out: Path, steps_scale: float = 1.0, emit: "EventSink | None" = None) -> MethodRun:
     """Train `method`, load its first output into a fresh toy model the way a host would, and score it."""
     from .apply import apply_artifact
-    from .events import CancelToken
+    from .events import CancelToken, Progress
     from .toy.model import load_toy_model
     from .train import run_training
 
+    steps: list["Progress"] = []
+
+    def watch(event: "Event") -> None:
+        if isinstance(event, Progress) and event.phase == "train" and event.elapsed_seconds is not None:
+            steps.append(event)
+        if emit is not None:
+            emit(event)
+
     started = time.monotonic()
-    result = run_training(demo_config(method, out, steps_scale), emit or (lambda e: None), CancelToken())
+    result = run_training(demo_config(method, out, steps_scale), watch, CancelToken())
     seconds = time.monotonic() - started
     artifact = result.outputs[0]
     model = apply_artifact(load_toy_model(), artifact.kind, artifact.path, token=TOKEN)
-    return MethodRun(result, evaluate(model), seconds)
+    per_step = ((steps[-1].elapsed_seconds - steps[0].elapsed_seconds) / (steps[-1].step - steps[0].step)
+                if len(steps) > 1 and steps[-1].step > steps[0].step else float("nan"))
+    return MethodRun(result, evaluate(model), seconds, per_step)
 
 
 def run_demo(
@@ -154,6 +167,7 @@ def run_demo(
     from .errors import UserError
     from .toy import evaluator
     from .toy.model import load_toy_model
+    from .train.threads import THREADS_ENV, choose_threads, cpu_threads
 
     require_toy_model()
     out = Path(out)
@@ -162,15 +176,21 @@ def run_demo(
     unknown = [m for m in chosen if m not in DEMO_METHODS]
     if unknown:
         raise UserError(f"unknown demo method(s) {', '.join(unknown)}: use {', '.join(DEMO_METHODS)}")
-    say("Scoring the untrained base model …")
-    rows: dict[str, Evaluation] = {"base (untrained)": evaluate(load_toy_model())}
+    # Chosen once, before anything of ours runs, and kept for every method: our own
+    # training must not count as other work when the next method starts.
+    threads = choose_threads()
+    say(threads.describe())
+    rows: dict[str, Evaluation] = {}
     timings: dict[str, float] = {}
-    for label in chosen:
-        say(f"\n== {label} ==")
-        run = train_and_score(DEMO_METHODS[label], out, steps_scale, emit)
-        rows[label], timings[label] = run.evaluation, run.seconds
-        _collect(run.result, out)
-        say(f"{label}: trained in {run.seconds:.0f} s, wrote {run.result.outputs[0].path}")
+    with _environ(THREADS_ENV, str(threads.count)), cpu_threads(threads):
+        say("Scoring the untrained base model …")
+        rows["base (untrained)"] = evaluate(load_toy_model())
+        for label in chosen:
+            say(f"\n== {label} ==")
+            run = train_and_score(DEMO_METHODS[label], out, steps_scale, emit)
+            rows[label], timings[label] = run.evaluation, run.seconds
+            _collect(run.result, out)
+            say(f"{label}: trained in {run.seconds:.0f} s ({run.seconds_per_step:.2f} s/step), wrote {run.result.outputs[0].path}")
     table = {name: ev.scores for name, ev in rows.items()}
     _before_after(rows, out / "before_after.png")
     text = evaluator.format_table(table)
@@ -179,6 +199,20 @@ def run_demo(
     )
     say(f"Images: {out / 'before_after.png'}; files for A1111/ComfyUI: {out / 'models'}; scores: {out / 'scores.md'}")
     return table
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    """`name=value` in this process's environment for the block (runs read it), then as before."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 HOST_FOLDERS = {"checkpoint": "Stable-diffusion", "lora": "Lora", "embedding": "embeddings", "hypernetwork": "hypernetworks"}

@@ -11,6 +11,12 @@ diffusers/transformers/peft/accelerate go into the worker. Where there is no suc
 missing is installed, torch and its binary companions are never touched, and nothing the
 host pins is changed.
 
+Whatever is installed comes from the *tested set* (`constraints.txt` beside this module:
+the exact versions the suite passed with) wherever the Python and torch are new enough for
+it; elsewhere the open ranges of `WORKER_REQUIREMENTS` apply, and the plan says so. Before a
+run loads anything, `check_runtime` stops it with the package, the version found, the range
+needed and the command that fixes it.
+
 Planning is separate from doing: `plan_*` only reads (probing a Python is a subprocess
 that imports nothing but the standard library), `run_plan` is the one function that
 changes anything. Imports here are stdlib plus `packaging` (which every host with
@@ -24,14 +30,16 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence, Union
 
 from .errors import UserError
 
-# The trainer's runtime requirements: pyproject.toml's [project] dependencies (tests keep
-# the two in step). torch is checked like the rest but never installed: it is the host's.
+# The trainer's runtime requirements, the supported ranges: pyproject.toml's [project]
+# dependencies (tests keep the two in step; the comment there says why each bound is).
+# torch is checked like the rest but never installed: it is the host's.
 WORKER_REQUIREMENTS: tuple[str, ...] = (
     "torch>=2.1",
     "diffusers>=0.30",
@@ -54,6 +62,9 @@ A1111_PINS: dict[str, str] = {"transformers": "4.30.2", "accelerate": "0.21.0", 
                               "gradio": "3.41.2", "numpy": "1.26.2", "pillow": "9.5.0"}
 # What must import in the worker for a run to start (import name per distribution).
 VERIFY_IMPORTS: tuple[str, ...] = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors")
+
+TESTED_SET_FILE = Path(__file__).with_name("constraints.txt")
+FIX_HINT_ENV = "DREAMBOOTH_CORE_FIX_HINT"   # set by a host for its own fix (A1111: run install.py)
 
 VENV_DIRNAME = "worker-venv"
 STAMP_NAME = "dreambooth-core-env.json"
@@ -180,6 +191,51 @@ def requirement_name(text: str) -> str:
     return canonical(_requirement(text).name)
 
 
+# ---- the tested set -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TestedSet:
+    """The exact versions the suite passed with, and the Python and torch they need."""
+
+    pins: dict[str, str]                 # canonical name -> version
+    applies_to: tuple[str, ...] = ()     # requirements such as "python>=3.11", "torch>=2.6"
+
+    __test__ = False  # not a pytest class
+
+    def why_not(self, env: PythonEnv) -> str | None:
+        """None when `env`'s Python and torch are what these versions need, else why not."""
+        from packaging.version import InvalidVersion, Version
+
+        have = {"python": env.markers.get("python_full_version", ""), "torch": env.versions.get("torch", "")}
+        for text in self.applies_to:
+            req = _requirement(text)
+            found = have.get(req.name, "").split("+")[0]
+            try:
+                ok = bool(found) and req.specifier.contains(Version(found), prereleases=True)
+            except InvalidVersion:
+                ok = False
+            if not ok:
+                return f"{req.name} {found or 'absent'} is older than the tested set needs ({text})"
+        return None
+
+    def constraints(self, leave_out: Iterable[str] = ()) -> str:
+        """A pip constraints file of the pins, without `leave_out` (names pip must not move)."""
+        skip = {canonical(n) for n in leave_out}
+        return "".join(f"{name}=={version}\n" for name, version in sorted(self.pins.items()) if name not in skip)
+
+
+def read_tested_set(path: str | os.PathLike = TESTED_SET_FILE) -> TestedSet:
+    """The tested set recorded by tools/freeze_tested_set.py (empty if the file is absent)."""
+    p = Path(path)
+    if not p.is_file():
+        return TestedSet({})
+    applies: tuple[str, ...] = ()
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# applies-to:"):
+            applies = tuple(line.split(":", 1)[1].split())
+    return TestedSet(read_pins(p), applies)
+
+
 # ---- plans -------------------------------------------------------------------------------
 
 @dataclass
@@ -207,6 +263,7 @@ class Plan:
     missing: list[str]               # requirements not met there now
     steps: list[Step] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)   # what we will not change, and why
+    notes: list[str] = field(default_factory=list)     # what the user should know (an untested set)
     verify: Command | None = None    # run after the steps: the trainer's libraries import
     stamp: Path | None = None        # written when the steps and the check succeeded
     stamp_data: dict = field(default_factory=dict)
@@ -219,6 +276,7 @@ class Plan:
         lines = [f"training Python: {self.python} ({self.target})"]
         lines.append("missing: " + (", ".join(self.missing) if self.missing else "nothing"))
         lines += [f"will not change: {r}" for r in self.refused]
+        lines += [f"note: {n}" for n in self.notes]
         for step in self.steps:
             if isinstance(step, Command):
                 lines.append(f"would run: {shlex.join(step.argv)}")
@@ -237,12 +295,27 @@ def default_worker_python(ext_root: str | os.PathLike) -> Path:
     return venv_python(Path(ext_root) / VENV_DIRNAME)
 
 
-def _pip_install(python: str, packages: Sequence[str], keep: Mapping[str, str]) -> Command:
+def _pip_install(python: str, packages: Sequence[str], keep: Mapping[str, str], constraints: Path | None) -> Command:
     # The host-owned packages are named with their installed versions: pip then leaves
     # them exactly as they are, and fails clearly rather than replace them.
     pinned = [f"{name}=={version}" for name, version in sorted(keep.items())]
-    return Command([python, "-m", "pip", "install", "--prefer-binary", *packages, *pinned],
-                   f"install {', '.join(requirement_name(p) for p in packages)}")
+    tested = ["-c", str(constraints)] if constraints is not None else []
+    return Command([python, "-m", "pip", "install", "--prefer-binary", *tested, *packages, *pinned],
+                   f"install {', '.join(requirement_name(p) for p in packages)}"
+                   + (" (tested versions)" if constraints is not None else " (untested: newest in range)"))
+
+
+def _tested_constraints(plan: "Plan", judged: PythonEnv, leave_out: Iterable[str], path: Path,
+                        tested: TestedSet) -> Path | None:
+    """Add the step that writes the tested set (less `leave_out`) to `path` and return `path`
+    when `judged` (the Python and torch that will train) can take it; else note in `plan`
+    why the open ranges apply instead, and return None."""
+    why = tested.why_not(judged) if tested.pins else "no tested set was found"
+    if why is not None:
+        plan.notes.append(f"{why}: installing the newest versions in range instead (untested)")
+        return None
+    plan.steps.append(WriteFile(path, tested.constraints(leave_out), "write the tested set as pip constraints"))
+    return path
 
 
 def _verify(python: str) -> Command:
@@ -256,8 +329,11 @@ def bridge_text(host: PythonEnv) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def stamp_data(host: PythonEnv, requirements: Sequence[str]) -> dict:
-    return {"host_python": host.executable, "host_owned": host.owned_versions(), "requirements": list(requirements)}
+def stamp_data(host: PythonEnv, requirements: Sequence[str], tested: TestedSet | None = None) -> dict:
+    """What a prepared worker venv was made for: a change in any of it prepares it again."""
+    tested = read_tested_set() if tested is None else tested
+    return {"host_python": host.executable, "host_owned": host.owned_versions(), "requirements": list(requirements),
+            "tested_set": tested.pins}
 
 
 def stamp_matches(stamp: Path, expected: dict) -> bool:
@@ -272,18 +348,21 @@ def plan_worker_venv(
     host: PythonEnv,
     worker: PythonEnv | None = None,
     requirements: Sequence[str] = WORKER_REQUIREMENTS,
+    tested: TestedSet | None = None,
 ) -> Plan:
-    """Make (if needed) and fill a venv over the host's Python; pip runs only in that venv.
+    """Make (if needed) and fill a venv over the host's Python; pip runs only in that venv,
+    with the tested set as constraints when the host's Python and torch can take it.
 
     `worker` is the probe of the existing venv; without one, the new venv will see exactly
     the host's packages, so what is missing is judged against `host`.
     """
+    tested = read_tested_set() if tested is None else tested
     venv = Path(venv_dir)
     python = str(venv_python(venv))
     seen = worker or host
     missing = unmet(requirements, seen)
     plan = Plan(python=python, target=f"worker venv over {host.executable}", missing=missing,
-                stamp=venv / STAMP_NAME, stamp_data=stamp_data(host, requirements))
+                stamp=venv / STAMP_NAME, stamp_data=stamp_data(host, requirements, tested))
     installable, plan.refused = _split(missing, host.owned_versions(), {}, "")
     if plan.refused:
         return plan
@@ -294,7 +373,9 @@ def plan_worker_venv(
     if bridge and (worker is None or not _has_bridge(worker)):
         plan.steps.append(WriteFile(_site_dir(venv, host), bridge, "let the worker see the host's packages (torch)"))
     if installable:
-        plan.steps.append(_pip_install(python, installable, host.owned_versions()))
+        # Inside its own venv the worker may move anything but what is built against torch.
+        constraints = _tested_constraints(plan, host, HOST_OWNED, venv / "tested-constraints.txt", tested)
+        plan.steps.append(_pip_install(python, installable, host.owned_versions(), constraints))
     if plan.steps:
         plan.verify = _verify(python)
     return plan
@@ -305,17 +386,24 @@ def plan_in_place(
     protected: Mapping[str, str],
     requirements: Sequence[str] = WORKER_REQUIREMENTS,
     target: str = "this environment",
+    tested: TestedSet | None = None,
 ) -> Plan:
     """Install only what is missing into `env` itself — all of it or, when something would
     need torch or a `protected` pin changed, nothing. The install names every host-owned and
     protected package that is present at its installed version, so pip's resolver cannot
-    move them either."""
+    move them either; what is new comes at its tested version, and nothing already
+    installed is moved to one."""
+    tested = read_tested_set() if tested is None else tested
     missing = unmet(requirements, env)
     plan = Plan(python=env.executable, target=target, missing=missing)
     installable, plan.refused = _split(missing, env.owned_versions(), protected, "pinned by the host")
     if installable and not plan.refused:
         keep = {**{name: env.versions[name] for name in protected if name in env.versions}, **env.owned_versions()}
-        plan.steps.append(_pip_install(env.executable, installable, keep))
+        moving = {requirement_name(r) for r in installable}
+        settled = [name for name in env.versions if name not in moving]
+        path = Path(tempfile.gettempdir()) / f"dreambooth-core-constraints-{os.getpid()}.txt"
+        constraints = _tested_constraints(plan, env, [*HOST_OWNED, *protected, *settled], path, tested)
+        plan.steps.append(_pip_install(env.executable, installable, keep, constraints))
         plan.verify = _verify(env.executable)
     return plan
 
@@ -382,3 +470,39 @@ def run_plan(plan: Plan, runner: Runner | None = None, say: Callable[[str], None
         plan.stamp.parent.mkdir(parents=True, exist_ok=True)
         plan.stamp.write_text(json.dumps(plan.stamp_data, indent=1, sort_keys=True), encoding="utf-8")
     return True
+
+
+# ---- at the door of a run ------------------------------------------------------------------
+
+def check_runtime(env: PythonEnv | None = None, requirements: Sequence[str] = WORKER_REQUIREMENTS,
+                  tested: TestedSet | None = None) -> None:
+    """Stop a run before it loads anything when this Python's packages are outside the
+    supported ranges: the package, the version found, the range needed, and one command
+    that fixes it (the host may name its own through DREAMBOOTH_CORE_FIX_HINT)."""
+    env = probe() if env is None else env
+    bad = unmet(requirements, env)
+    if not bad:
+        return
+    tested = read_tested_set() if tested is None else tested
+    found = []
+    for req in bad:
+        name = requirement_name(req)
+        have = env.versions.get(name)
+        found.append(f"{name} {have} is installed but {req} is needed" if have else f"{name} is missing ({req} is needed)")
+    owned = [requirement_name(r) for r in bad if requirement_name(r) in HOST_OWNED]
+    if owned:
+        fix = (f"{', '.join(owned)} belong{'s' if len(owned) == 1 else ''} to the host: update "
+               f"{'it' if len(owned) == 1 else 'them'} there, or train in a worker environment with a newer torch")
+    else:
+        fix = os.environ.get(FIX_HINT_ENV) or f"fix: {shlex.join(_fix_command(env, bad, tested))}"
+    raise UserError(f"this Python ({env.executable}) cannot train: {'; '.join(found)}. {fix}")
+
+
+def _fix_command(env: PythonEnv, bad: Sequence[str], tested: TestedSet) -> list[str]:
+    """pip install of the tested versions of what is wrong (the ranges when the set does not apply)."""
+    applies = tested.pins and tested.why_not(env) is None
+    wanted = []
+    for req in bad:
+        name = requirement_name(req)
+        wanted.append(f"{name}=={tested.pins[name]}" if applies and name in tested.pins else req)
+    return [env.executable, "-m", "pip", "install", *wanted]

@@ -20,7 +20,11 @@ Runner = Callable[[TrainConfig, EventSink, CancelToken], object]
 
 
 def default_runner() -> Runner:
-    """The real trainer, imported only when a run starts (it pulls in torch and diffusers)."""
+    """The real trainer, imported only when a run starts (it pulls in torch and diffusers),
+    after checking that this Python's packages are ones it works with."""
+    from ..environment import check_runtime
+
+    check_runtime()
     try:
         from ..train import run_training
     except ImportError as exc:

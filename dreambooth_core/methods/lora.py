@@ -45,14 +45,19 @@ class LoraMethod(Method):
         )
 
     def prepare(self) -> None:
+        # peft's own injection, not diffusers' or transformers' `add_adapter`: those wrap the
+        # same call behind their own peft version checks, so a transformers release that
+        # demands a newer peft would stop text-encoder LoRA although peft itself is fine.
+        from peft import inject_adapter_in_model
+
         from ..formats.lora_keys import lora_target_modules
 
         m, cfg = self.model, self.config
         targets = lora_target_modules(m.unet, conv=cfg.conv_rank > 0)
-        m.unet.add_adapter(self.lora_config(m.unet, targets), adapter_name=ADAPTER)
+        inject_adapter_in_model(self.lora_config(m.unet, targets), m.unet, adapter_name=ADAPTER)
         if self.trains_text_encoder:
             for te in m.text_encoders:
-                te.add_adapter(self.lora_config(te, lora_target_modules(te)), adapter_name=ADAPTER)
+                inject_adapter_in_model(self.lora_config(te, lora_target_modules(te)), te, adapter_name=ADAPTER)
 
     def trainable_modules(self) -> dict[str, "torch.nn.Module"]:
         out: dict[str, torch.nn.Module] = {"unet": self.model.unet}

@@ -13,6 +13,7 @@ import hashlib
 import os
 import time
 import traceback
+import contextlib
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -166,17 +167,18 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------
     def run(self) -> RunResult:
-        try:
-            return self._run()
-        except Cancelled:
-            self.info("cancelled before training started; nothing to resume")
-            return self._done("cancelled")
-        except Exception as exc:
-            user = isinstance(exc, UserError)
-            self.emit(Error(message=str(exc) or type(exc).__name__, user_error=user, traceback="" if user else traceback.format_exc()))
-            self.emit(Done(status="failed", run_dir=str(self.run_dir.root) if self.run_dir else "", step=self.step,
-                           artifacts=[a.to_dict() for a in self.artifacts]))
-            raise
+        with contextlib.ExitStack() as self._scope:   # what the run changed in the process, undone after it
+            try:
+                return self._run()
+            except Cancelled:
+                self.info("cancelled before training started; nothing to resume")
+                return self._done("cancelled")
+            except Exception as exc:
+                user = isinstance(exc, UserError)
+                self.emit(Error(message=str(exc) or type(exc).__name__, user_error=user, traceback="" if user else traceback.format_exc()))
+                self.emit(Done(status="failed", run_dir=str(self.run_dir.root) if self.run_dir else "", step=self.step,
+                               artifacts=[a.to_dict() for a in self.artifacts]))
+                raise
 
     def _run(self) -> RunResult:
         cfg = self.config.validate(check_paths=self.model is None)
@@ -196,6 +198,12 @@ class Trainer:
                           start_step=saved_step(resume) if resume is not None else 0))
         if cfg.resume_from == "latest" and resume is None:
             self.warn(f"no saved state in {rd.state}: starting from step 0")
+        if acc.device.type == "cpu":
+            from .threads import choose_threads, cpu_threads
+
+            threads = choose_threads()
+            self._scope.enter_context(cpu_threads(threads))
+            self.info(threads.describe())
 
         model = self._load_model()
         self.resolution = cfg.resolution or model.family.resolution

@@ -18,6 +18,7 @@ from typing import Any
 
 from dreambooth_core.config import TrainConfig
 from dreambooth_core.delivery import Delivered, check_destination, deliver
+from dreambooth_core.environment import FIX_HINT_ENV
 from dreambooth_core.errors import UserError
 from dreambooth_core.events import Event, Progress, Started
 from dreambooth_core.jobs import Job, JobManager
@@ -42,7 +43,9 @@ class RunRecord:
 
 class Session:
     def __init__(self) -> None:
-        self.manager = JobManager(python=host.worker_python())
+        # a worker whose packages fell out of range says how this host fixes that
+        self.manager = JobManager(python=host.worker_python(), env={
+            FIX_HINT_ENV: f"fix: restart the WebUI (its install.py updates the worker), or run `python install.py` in {host.EXT_ROOT}"})
         self.manager.on_event.append(self._on_event)
         self.manager.on_finished.append(self._on_finished)
         self.focus: str | None = None      # the run the tab shows
