@@ -75,8 +75,8 @@ def a1111_plan(launch, check: bool, root: Path) -> env.Plan | None:
         host = env.probe()
         worker = env.probe(configured)
         if worker.same_env(host):
-            return env.plan_in_place(worker, a1111_pins(), target="the WebUI's own environment (from settings)")
-        return env.plan_in_place(worker, {}, target="the Python set in Settings → DreamBooth")
+            return env.plan_in_place(worker, a1111_pins(), target="the WebUI's own environment (from settings)", workdir=root)
+        return env.plan_in_place(worker, {}, target="the Python set in Settings → DreamBooth", workdir=root)
     venv = root / env.VENV_DIRNAME
     host = env.probe()
     stamp = venv / env.STAMP_NAME
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None, root: Path = HERE) -> int:
         if launch is not None:
             plan = a1111_plan(launch, args.check, root)
         else:
-            plan = env.plan_in_place(env.probe(), comfyui_pins(root), target="this Python (no WebUI launcher found)")
+            plan = env.plan_in_place(env.probe(), comfyui_pins(root), target="this Python (no WebUI launcher found)",
+                                     workdir=root)
     except UserError as exc:
         print(f"dreambooth_core: {exc}")
         return 1

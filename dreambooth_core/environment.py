@@ -387,12 +387,13 @@ def plan_in_place(
     requirements: Sequence[str] = WORKER_REQUIREMENTS,
     target: str = "this environment",
     tested: TestedSet | None = None,
+    workdir: str | os.PathLike | None = None,
 ) -> Plan:
     """Install only what is missing into `env` itself — all of it or, when something would
     need torch or a `protected` pin changed, nothing. The install names every host-owned and
     protected package that is present at its installed version, so pip's resolver cannot
     move them either; what is new comes at its tested version, and nothing already
-    installed is moved to one."""
+    installed is moved to one. The constraints file is written into `workdir`."""
     tested = read_tested_set() if tested is None else tested
     missing = unmet(requirements, env)
     plan = Plan(python=env.executable, target=target, missing=missing)
@@ -401,7 +402,7 @@ def plan_in_place(
         keep = {**{name: env.versions[name] for name in protected if name in env.versions}, **env.owned_versions()}
         moving = {requirement_name(r) for r in installable}
         settled = [name for name in env.versions if name not in moving]
-        path = Path(tempfile.gettempdir()) / f"dreambooth-core-constraints-{os.getpid()}.txt"
+        path = Path(workdir or tempfile.gettempdir()) / "dreambooth-core-constraints.txt"
         constraints = _tested_constraints(plan, env, [*HOST_OWNED, *protected, *settled], path, tested)
         plan.steps.append(_pip_install(env.executable, installable, keep, constraints))
         plan.verify = _verify(env.executable)
