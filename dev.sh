@@ -36,7 +36,9 @@ canary() {
   python3 -m venv "$dir/venv"
   "$dir/venv/bin/python" -m pip install -q --upgrade pip
   "$dir/venv/bin/python" -m pip install -q "$TORCH"
-  "$dir/venv/bin/python" -m pip install -q --upgrade --upgrade-strategy eager ".[test]"
+  # everything at its newest but torch, which stays the host's (and a newer one would be a CUDA build)
+  echo "$TORCH" > "$dir/torch.txt"
+  "$dir/venv/bin/python" -m pip install -q -c "$dir/torch.txt" --upgrade --upgrade-strategy eager ".[test]"
   echo "canary versions (newest the registry resolves):"
   "$dir/venv/bin/python" -c "import importlib.metadata as m; print('  ' + ', '.join(f'{p} {m.version(p)}' for p in
     ('diffusers', 'transformers', 'peft', 'accelerate', 'safetensors', 'huggingface_hub', 'tokenizers', 'torch')))"
