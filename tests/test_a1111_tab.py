@@ -207,7 +207,7 @@ def test_uploaded_images_are_copied_into_the_runs_folder(webui, tmp_path):
     view = wait_done(webui)
     assert view["status"] == "completed", view["error"]
     dataset = webui.root / "outputs" / "dreambooth_core" / "datasets" / "zwx_dog"
-    assert sorted(p.name for p in dataset.iterdir()) == ["000_0.png", "001_1.png"]
+    assert sorted(p.name for p in dataset.iterdir() if not p.name.startswith(".")) == ["000_0.png", "001_1.png"]
 
 
 def test_a_second_run_waits_in_the_queue_while_one_trains(webui):

@@ -20,12 +20,11 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Iterator, Mapping
 
-from ..config import TrainConfig
+from ..config import PATH_KEYS, TrainConfig
 from ..errors import UserError
 from ..events import Done, Error, Event, EventSink, Log, event_from_dict
 from .state import Job
 
-PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]   # the folder that holds dreambooth_core/
 STDERR_TAIL = 20
 QUOTED_LINES = 5
