@@ -26,7 +26,7 @@ def images_from_folder(text: str) -> TrainingImages:
     folder = host.input_path(text)
     records = scan_images(folder, warn=lambda message: log.warning("DreamBooth: %s", message))
     captioned = sum(1 for r in records if r.caption)
-    return TrainingImages(str(folder), len(records), captioned, source_signature(folder))
+    return TrainingImages(str(folder), len(records), captioned, source_signature(folder, recursive=False))
 
 
 def images_from_batch(batch: Any) -> TrainingImages:
@@ -67,4 +67,4 @@ class LoadTrainingImages(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, folder: str = "", images: Any = None) -> str:
         """Run again when the folder's files change (ComfyUI would otherwise reuse the old list)."""
-        return source_signature(host.input_path(folder)) if images is None and folder.strip() else ""
+        return source_signature(host.input_path(folder), recursive=False) if images is None and folder.strip() else ""

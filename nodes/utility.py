@@ -17,6 +17,7 @@ from comfy_api.latest import io
 
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.jobs.worker import worker_env
+from dreambooth_core.paths import safe_name
 
 from . import host
 
@@ -53,12 +54,10 @@ def run_command(args: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {tail}{hint}")
 
 
-def output_file(kind: str, name: str, overwrite: bool) -> Path:
-    """The new file in the first folder of `kind`, refused early if it would replace one."""
-    if not name.strip() or Path(name).name != name.strip() or name.strip().startswith("."):
-        raise UserError(f"output_name {name!r} must be a plain file name without folders")
-    folder = host.publish_folder(kind)
-    stem = name.strip().removesuffix(".safetensors")
+def output_file(kind: str, name: object, overwrite: bool, folder: Path | None = None) -> Path:
+    """The new file in the first folder of `kind` (or `folder`), refused early if it would replace one."""
+    stem = safe_name(safe_name(name, "output_name").removesuffix(".safetensors"), "output_name")
+    folder = folder or host.publish_folder(kind)
     path = folder / f"{stem}.safetensors"
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path.name} already exists in {folder}: choose another output_name or turn on overwrite")
@@ -111,7 +110,7 @@ class ConvertModel(io.ComfyNode):
         kind, _, name = source.partition("/")
         if kind == "checkpoints":
             src = host.model_path("checkpoints", name)
-            stem = output_name.strip() or Path(name).stem
+            stem = safe_name(output_name.strip() or Path(name).stem, "output_name")
             out = Path(folder_paths.get_folder_paths("diffusers")[0]) / stem
             if out.exists() and not overwrite:
                 raise OutputExistsError(f"{out.name} already exists in {out.parent}: choose another output_name or turn on overwrite")
@@ -148,9 +147,9 @@ class ConvertLoRA(io.ComfyNode):
         if to == "kohya":
             out = output_file("lora", name, overwrite)
         else:
-            out = host.runs_root() / "peft" / f"{name}.safetensors"
-            if out.exists() and not overwrite:
-                raise OutputExistsError(f"{out} already exists: choose another output_name or turn on overwrite")
+            folder = host.runs_root() / "peft"
+            folder.mkdir(parents=True, exist_ok=True)
+            out = output_file("lora", name, overwrite, folder)
         args = ["lora", "convert", str(src), str(out), "--to", to]
         if base_model != NONE:
             args += ["--base", str(host.model_path("checkpoints", base_model))]

@@ -26,6 +26,7 @@ from ..errors import FormatError, OutputExistsError, UserError
 from ..families import Family, get_family
 from ..formats.checkpoint import ldm_state_dict, load_ldm_state, normalized_key_names
 from ..fileio import SafetensorsReader, check_output, load_state_dict, require_file, save_safetensors
+from ..paths import PathRefused, is_owned, make_owned_folder
 from .base import BaseModel
 from .detect import FAMILY_INDEX_KEY, detect_diffusers_family, detect_family
 from .tokenizers import family_tokenizers, write_tokenizer_folder
@@ -373,14 +374,18 @@ def save_single_file(
 
 @contextlib.contextmanager
 def _atomic_folder(folder: Path, overwrite: bool) -> Iterator[Path]:
-    """A hidden temporary folder beside `folder`, renamed onto it on success."""
+    """A hidden temporary folder beside `folder`, renamed onto it on success. Only a folder
+    this project wrote (its marker inside) is ever replaced."""
     if folder.exists() and not overwrite:
         raise OutputExistsError(f"{folder} already exists: choose another name or pass --overwrite")
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder")
+    if folder.exists() and not is_owned(folder):
+        raise PathRefused(f"{folder} was not written by dreambooth_core, so it is not replaced: choose another name")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
+        make_owned_folder(tmp)
         yield tmp
         old = None
         if folder.exists():
