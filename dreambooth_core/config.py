@@ -284,9 +284,9 @@ def coerce_scalar(tp: Any, value: Any) -> Any:
             raise TypeError
         return float(value)
     if tp is str:
-        if isinstance(value, (dict, list)):
+        if not isinstance(value, str):  # a number or a list is no name, prompt or path
             raise TypeError
-        return str(value)
+        return value
     return value
 
 
