@@ -196,6 +196,8 @@ class Trainer:
                           start_step=saved_step(resume) if resume is not None else 0))
         if cfg.resume_from == "latest" and resume is None:
             self.warn(f"no saved state in {rd.state}: starting from step 0")
+        for problem in rd.skipped_states:
+            self.warn(f"{problem}: resuming from the state saved before it")
 
         model = self._load_model()
         self.resolution = cfg.resolution or model.family.resolution
