@@ -263,15 +263,37 @@ class SafetensorsReader:
         self.close()
 
 
-def load_pickled(path: str | os.PathLike, what: str = "file", device: str = "cpu", unsafe: bool = False) -> Any:
+SAFE_WEIGHTS_ONLY = (2, 6)   # torch releases from which weights_only=True cannot be made to run code
+
+
+def weights_only_is_safe(version: str) -> bool:
+    """Whether torch `version` (e.g. "2.1.2+cu121") loads pickles with weights_only=True safely."""
+    from packaging.version import Version
+
+    return Version(version.split("+")[0]).release[:2] >= SAFE_WEIGHTS_ONLY
+
+
+class UnsafePickle(FormatError):
+    """A pickle this torch cannot read safely, refused unread."""
+
+
+def load_pickled(path: str | os.PathLike, what: str = "file", device: str = "cpu", unsafe: bool = False,
+                 written_here: bool = False) -> Any:
     """torch.load with weights_only=True (tensors and plain containers; legacy or zip format).
 
     `unsafe` (the user's explicit --unsafe-pickle) allows arbitrary objects, because
-    unpickling runs code.
+    unpickling runs code. Before torch 2.6 weights_only can be bypassed, so there a pickle
+    is refused unless `unsafe`, or `written_here` (a file this project wrote in its own folder).
     """
     import torch
 
     p = require_file(path, what)
+    if not unsafe and not written_here and not weights_only_is_safe(torch.__version__):
+        raise UnsafePickle(
+            f"{p} is a pickle, and this torch ({torch.__version__}) cannot read pickles safely: before 2.6 its "
+            "weights_only loader can be made to run code (CVE-2025-32434). Convert the file to .safetensors where a "
+            "newer torch runs (e.g. `python -m dreambooth_core convert` for checkpoints, or load and save it with "
+            "safetensors.torch.save_file), or pass --unsafe-pickle on the command line if you trust its source")
     try:
         return torch.load(p, map_location=device, weights_only=not unsafe)
     except Exception as exc:

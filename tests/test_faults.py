@@ -155,3 +155,32 @@ def test_a_run_folder_is_cleared_only_when_this_project_made_it(tmp_path):
     (ours.state / "step-1").mkdir()
     ours.create(clear=True)
     assert list(ours.state.iterdir()) == []
+
+
+def test_an_old_torch_refuses_pickles_unless_the_user_says_so(tmp_path, monkeypatch):
+    from dreambooth_core.fileio import UnsafePickle, load_pickled, weights_only_is_safe
+
+    assert not weights_only_is_safe("2.1.2+cu121") and not weights_only_is_safe("2.5.1")
+    assert weights_only_is_safe("2.6.0") and weights_only_is_safe("2.13.0.dev20261101")
+    path = tmp_path / "model.ckpt"
+    torch.save({"w": torch.ones(2)}, path)
+    monkeypatch.setattr(torch, "__version__", "2.1.2+cu121")
+    with pytest.raises(UnsafePickle) as info:
+        load_pickled(path, "model file")
+    message = str(info.value)
+    assert "CVE-2025-32434" in message and ".safetensors" in message and "--unsafe-pickle" in message
+    assert torch.equal(load_pickled(path, unsafe=True)["w"], torch.ones(2))
+
+
+def test_an_old_torch_resumes_only_states_in_a_run_folder_of_ours(tmp_path, monkeypatch):
+    from dreambooth_core.fileio import UnsafePickle
+
+    ours = RunDir(tmp_path / "run")
+    ours.create(clear=False)
+    make_states(ours.state)
+    theirs = tmp_path / "handed_in" / "state"
+    make_states(theirs)
+    monkeypatch.setattr(torch, "__version__", "2.1.2")
+    assert load_state(ours.state / "step-2").step == 2
+    with pytest.raises(UnsafePickle):
+        load_state(theirs / "step-2")

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..fileio import clean_stale_temps, temp_name, torch_save, write_failure
+from ..fileio import UnsafePickle, clean_stale_temps, load_pickled, temp_name, torch_save, write_failure
+from ..paths import is_owned
 
 if TYPE_CHECKING:
     import torch
@@ -128,24 +129,31 @@ def saved_step(folder: Path) -> int:
 
 def load_state(folder: Path) -> TrainingState:
     """The state in `folder`; a UserError naming the damaged file if any part cannot be read."""
-    import torch
     from safetensors.torch import load_file
 
     if not (folder / "state.json").is_file():
         raise UserError(f"{folder} is not a training state folder (no state.json): give a state/step-N folder or 'latest'")
     parts = {"state.json": lambda p: _read_meta(p), "trainable.safetensors": lambda p: load_file(str(p)),
-             "optimizer.pt": lambda p: torch.load(p, map_location="cpu", weights_only=True),
-             "scheduler.pt": lambda p: torch.load(p, map_location="cpu", weights_only=True)}
+             "optimizer.pt": lambda p: load_pickled(p, "training state file", written_here=_ours(folder)),
+             "scheduler.pt": lambda p: load_pickled(p, "training state file", written_here=_ours(folder))}
     read = {}
     for name, reader in parts.items():
         try:
             read[name] = reader(folder / name)
+        except UnsafePickle:
+            raise
         except Exception as exc:  # safetensors, pickle and torch each raise their own types for a damaged file
             raise DamagedState(f"{folder / name} is damaged ({type(exc).__name__}: {str(exc)[:200]}); resume from "
                                "an earlier state or start a new run") from exc
     meta = read["state.json"]
     return TrainingState(meta["step"], meta["micro_step"], read["trainable.safetensors"], read["optimizer.pt"],
                          read["scheduler.pt"], meta["rng"], meta["settings"])
+
+
+def _ours(folder: Path) -> bool:
+    """A state inside a run folder this project made may be read even by an old torch: we
+    wrote its pickles (tensors and plain values only), nobody handed them in."""
+    return is_owned(folder.parent.parent)
 
 
 class DamagedState(UserError):
