@@ -222,6 +222,25 @@ class TrainConfig:
             raise ConfigError(str(exc)) from None
 
 
+# Upper bounds for runs a client asks for over the network (A1111 tab and API, ComfyUI nodes):
+# far past any sensible run, short of one that fills a disk or holds the GPU for weeks.
+CLIENT_LIMITS = {"max_train_steps": 200_000, "num_class_images": 10_000, "resolution": 2048, "train_batch_size": 64,
+                 "gradient_accumulation_steps": 1024, "num_validation_images": 16, "validation_inference_steps": 150,
+                 "class_inference_steps": 150, "rank": 1024, "conv_rank": 1024, "num_vectors": 75,
+                 "checkpointing_steps": 200_000, "validation_steps": 200_000}
+
+
+def check_client_limits(config: TrainConfig) -> TrainConfig:
+    """ConfigError naming the first setting past its `CLIENT_LIMITS` bound."""
+    for key, limit in CLIENT_LIMITS.items():
+        value = getattr(config, key)
+        if value is not None and value > limit:
+            raise ConfigError(f"{key} is at most {limit} here (got {value})")
+    if len(config.validation_prompts) > 16 or len(config.layer_structure) > 16:
+        raise ConfigError("validation_prompts and layer_structure hold at most 16 entries here")
+    return config
+
+
 def choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))} (got {value!r})")

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from dreambooth_core.config import ACTIVATIONS, PATH_KEYS, PRESETS, SAVE_FORMATS, TrainConfig, load_config, parse_set
+from dreambooth_core.config import (ACTIVATIONS, PATH_KEYS, PRESETS, SAVE_FORMATS, TrainConfig, check_client_limits, load_config,
+                                    parse_set)
 from dreambooth_core.errors import UserError
 from dreambooth_core.reruns import source_signature
 
@@ -139,7 +140,7 @@ class TrainNode(io.ComfyNode):
         if resolution > 0:
             values["resolution"] = resolution
         values.update(parse_options(options))
-        config = load_config(preset=preset, overrides=values)
+        config = check_client_limits(load_config(preset=preset, overrides=values))
         host_format = SAVE_FORMATS[cls.METHOD][0]  # the format ComfyUI loads is always written
         if host_format not in config.formats:
             config.save_formats = [host_format, *config.save_formats]

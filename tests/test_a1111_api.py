@@ -227,3 +227,22 @@ def test_only_the_operator_opens_other_folders(webui, tmp_path):
     with pytest.raises(webui.api.ApiError) as err:   # relative paths still stay under the WebUI's folders
         call(webui, "start", body(webui, output_name="other", instance_data_dir=os.path.relpath(outside, webui.root)))
     assert err.value.status == 403
+
+
+@pytest.mark.parametrize("key, value", [("max_train_steps", 10**9), ("num_class_images", 10**7), ("resolution", 65536),
+                                        ("train_batch_size", 4096), ("num_validation_images", 1000)])
+def test_settings_past_their_bounds_are_a_400(webui, key, value):
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, **{key: value}))
+    assert err.value.status == 400 and key in str(err.value) and "at most" in str(err.value)
+    assert webui.session.manager.list() == []
+
+
+def test_a_full_queue_is_refused_with_a_clear_message(webui):
+    webui.session.manager.env["FAKE_TRAINER_DELAY"] = "0.05"
+    limit = webui.session.manager.max_queue
+    for i in range(limit + 1):
+        call(webui, "start", body(webui, output_name=f"run{i}", max_train_steps=200))
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, output_name="one_too_many"))
+    assert err.value.status == 400 and f"the limit is {limit}" in str(err.value)

@@ -97,3 +97,8 @@ def test_the_utility_nodes_refuse_every_hostile_output_name(comfy, node, inputs)
         for overwrite in (False, True):
             message = refused(comfy, node, **inputs, output_name=value, overwrite=overwrite)
             assert message.startswith("output_name"), (value, message)
+
+
+def test_settings_past_their_bounds_are_a_node_error(comfy):
+    for line in ("num_class_images = 100000", "train_batch_size = 1000", "resolution = 8192", "max_train_steps = 999999999"):
+        assert "at most" in train(comfy, concept(comfy), options=line), line

@@ -17,7 +17,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-from dreambooth_core.config import PATH_KEYS, load_config
+from dreambooth_core.config import PATH_KEYS, check_client_limits, load_config
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.paths import OutsideRoots, contained
 
@@ -62,7 +62,7 @@ class RunsApi:
                                               anywhere=host.api_any_folder(), setting_hint=SETTING_HINT))
             except OutsideRoots as exc:
                 raise ApiError(403, str(exc)) from None
-        config = load_config(preset=body.get("preset"), overrides=settings)
+        config = check_client_limits(load_config(preset=body.get("preset"), overrides=settings))
         return self.session.manager.status_dict(self.session.start(config))
 
     def list_runs(self) -> dict:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS, PRESETS, TrainConfig, config_from_dict,
-                                    load_config)
+from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS, PRESETS, TrainConfig, check_client_limits,
+                                    config_from_dict, load_config)
 from dreambooth_core.data.images import IMAGE_SUFFIXES
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.paths import MARKER, real_path, remove_owned_folder, safe_name
@@ -183,7 +183,7 @@ def build_config(form: Form, resume: bool = False) -> TrainConfig:
     overrides["instance_data_dir"] = str(instance_images(form, runs))
     if resume:
         overrides["resume_from"] = "latest"
-    config = load_config(preset=preset, overrides=overrides)
+    config = check_client_limits(load_config(preset=preset, overrides=overrides))
     check_run_folder(config, resume)
     return config
 
