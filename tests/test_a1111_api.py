@@ -246,3 +246,11 @@ def test_a_full_queue_is_refused_with_a_clear_message(webui):
     with pytest.raises(webui.api.ApiError) as err:
         call(webui, "start", body(webui, output_name="one_too_many"))
     assert err.value.status == 400 and f"the limit is {limit}" in str(err.value)
+
+
+def test_the_api_cannot_overwrite_a_file_in_the_webuis_folders(webui):
+    theirs = webui.folders["lora"] / "zwx_dog.safetensors"
+    theirs.write_bytes(b"mine")
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, overwrite=True))
+    assert err.value.status == 409 and theirs.read_bytes() == b"mine"

@@ -102,3 +102,10 @@ def test_the_utility_nodes_refuse_every_hostile_output_name(comfy, node, inputs)
 def test_settings_past_their_bounds_are_a_node_error(comfy):
     for line in ("num_class_images = 100000", "train_batch_size = 1000", "resolution = 8192", "max_train_steps = 999999999"):
         assert "at most" in train(comfy, concept(comfy), options=line), line
+
+
+def test_overwrite_never_replaces_a_model_no_run_made(comfy):
+    theirs = comfy.folder("loras") / "zwx_dog.safetensors"
+    theirs.write_bytes(b"someone's LoRA")
+    message = train(comfy, concept(comfy), options="overwrite = true")
+    assert "was not made by a DreamBooth run" in message and theirs.read_bytes() == b"someone's LoRA"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 from dreambooth_core.config import PATH_KEYS, check_client_limits, load_config
+from dreambooth_core.delivery import check_destination
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.paths import OutsideRoots, contained
 
@@ -63,6 +64,10 @@ class RunsApi:
             except OutsideRoots as exc:
                 raise ApiError(403, str(exc)) from None
         config = check_client_limits(load_config(preset=body.get("preset"), overrides=settings))
+        if config.overwrite:   # replacing a file in the WebUI's folders is the operator's choice, made in the tab
+            config.overwrite = False
+            check_destination(config, host.output_folders())
+            config.overwrite = True
         return self.session.manager.status_dict(self.session.start(config))
 
     def list_runs(self) -> dict:
