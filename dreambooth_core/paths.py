@@ -39,11 +39,16 @@ def text_value(value: object, what: str) -> str:
     return value
 
 
+def _filled(value: object, what: str, hint: str) -> str:
+    text = text_value(value, what).strip()
+    if not text:
+        raise PathRefused(f"{what} is empty: {hint}")
+    return text
+
+
 def safe_name(value: object, what: str) -> str:
     """`value` as one plain path component: no folders, no `..`, no leading dot, sane length."""
-    name = text_value(value, what).strip()
-    if not name:
-        raise PathRefused(f"{what} is empty: type a name such as my_dog")
+    name = _filled(value, what, "type a name such as my_dog")
     bad = sorted({c for c in name if c in FORBIDDEN_NAME_CHARS or ord(c) < 32})
     if bad or name in (".", "..") or name.startswith("."):
         shown = f" ({' '.join(map(repr, bad))})" if bad else ""
@@ -54,12 +59,11 @@ def safe_name(value: object, what: str) -> str:
     return name
 
 
+
+
 def real_path(value: object, what: str) -> Path:
     """The path as the file system sees it: `~` expanded once, made absolute, symlinks resolved."""
-    text = text_value(value, what).strip()
-    if not text:
-        raise PathRefused(f"{what} is empty: give a folder or file")
-    return Path(os.path.expanduser(text)).resolve()
+    return Path(os.path.expanduser(_filled(value, what, "give a folder or file"))).resolve()
 
 
 def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
@@ -78,9 +82,7 @@ def contained(value: object, what: str, roots: Iterable[str | os.PathLike], base
     `anywhere` is the operator's own switch (never a request field) that lets any absolute
     path through; relative paths and `..` still resolve under `base`.
     """
-    text = text_value(value, what).strip()
-    if not text:
-        raise PathRefused(f"{what} is empty: give a folder or file")
+    text = _filled(value, what, "give a folder or file")
     expanded = Path(os.path.expanduser(text))
     if base is not None and not expanded.is_absolute():
         expanded = Path(base) / expanded
