@@ -216,7 +216,7 @@ def test_only_the_operator_opens_other_folders(webui, tmp_path):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     Image.new("RGB", (64, 64), "blue").save(outside / "a.png")
-    key = "dreambooth_core_api_any_folder"
+    key = "dreambooth_core_any_folder"
     assert webui.shared.opts.set(key, True, is_api=True) is False   # what POST /sdapi/v1/options does: refused
     with pytest.raises(webui.api.ApiError) as err:
         call(webui, "start", body(webui, instance_data_dir=str(outside)))

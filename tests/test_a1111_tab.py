@@ -380,3 +380,20 @@ def test_an_upload_replaces_only_an_upload_folder_it_made(webui, tmp_path):
 def test_an_image_folder_that_is_no_path_is_a_clear_error(webui):
     status, _ = press(webui, "dbc_train", images_dir=str(webui.images) + "\x00")
     assert "NUL byte" in status and webui.session.manager.list() == []
+
+
+def test_a_shared_webui_reads_image_folders_only_from_its_own(webui, tmp_path, monkeypatch):
+    from hostile import Canary
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    canary = Canary(tmp_path)
+    webui.shared.cmd_opts.webui_is_non_local = True   # what the WebUI sets for --listen / --share
+    for value in canary.paths(webui.root)[:-3]:       # the tab's textbox always sends text
+        status, _ = press(webui, "dbc_train", images_dir=value)
+        assert "dbc-error" in status and ("outside the folders" in status or "NUL byte" in status), (value, status)
+    status, _ = press(webui, "dbc_train", images_dir=str(webui.images))
+    assert "Settings → DreamBooth" in status
+    webui.shared.opts.set("dreambooth_core_any_folder", True)
+    press(webui, "dbc_train", images_dir=str(webui.images))
+    assert wait_done(webui)["status"] == "completed"
+    canary.assert_intact()

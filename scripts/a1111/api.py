@@ -26,8 +26,6 @@ from . import host
 from .session import Session
 
 PREFIX = "/dreambooth/v1"
-SETTING_HINT = ("the WebUI's operator may allow other folders in Settings → DreamBooth "
-                "(\"Let API clients use folders outside the WebUI's own\"), which the API cannot change")
 
 
 class ApiError(Exception):
@@ -60,7 +58,7 @@ class RunsApi:
                 continue
             try:
                 settings[key] = str(contained(value, key, host.allowed_roots(), base=host.data_path(),
-                                              anywhere=host.api_any_folder(), setting_hint=SETTING_HINT))
+                                              anywhere=host.any_folder(), setting_hint=host.SETTING_HINT))
             except OutsideRoots as exc:
                 raise ApiError(403, str(exc)) from None
         config = check_client_limits(load_config(preset=body.get("preset"), overrides=settings))

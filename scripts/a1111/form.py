@@ -14,7 +14,7 @@ from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS, 
                                     config_from_dict, load_config)
 from dreambooth_core.data.images import IMAGE_SUFFIXES
 from dreambooth_core.errors import OutputExistsError, UserError
-from dreambooth_core.paths import MARKER, real_path, remove_owned_folder, safe_name
+from dreambooth_core.paths import MARKER, contained, real_path, remove_owned_folder, safe_name
 from dreambooth_core.train.run_dir import RunDir
 
 from . import host
@@ -147,7 +147,10 @@ def instance_images(form: Form, runs: Path) -> Path:
     typed = form.text("images_dir")
     if not typed:
         raise UserError("give the folder with your subject's photos, or upload them")
-    folder = real_path(typed, "image folder")
+    if host.non_local() and not host.any_folder():   # anyone on the network can type here
+        folder = contained(typed, "image folder", host.allowed_roots(), base=host.data_path(), setting_hint=host.SETTING_HINT)
+    else:
+        folder = real_path(typed, "image folder")
     if not folder.is_dir():
         raise UserError(f"the image folder {folder} does not exist")
     if not image_files(folder):

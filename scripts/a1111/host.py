@@ -23,7 +23,9 @@ WORKER_PYTHON = "dreambooth_core_worker_python"
 RUNS_DIR = "dreambooth_core_runs_dir"
 DEFAULT_PRESET = "dreambooth_core_default_preset"
 UNLOAD_MODEL = "dreambooth_core_unload_model"
-API_ANY_FOLDER = "dreambooth_core_api_any_folder"   # registered with restrict_api: the API cannot turn it on
+ANY_FOLDER = "dreambooth_core_any_folder"   # registered with restrict_api: the API cannot turn it on
+SETTING_HINT = ("the WebUI's operator may allow other folders in Settings → DreamBooth "
+                "(\"Let clients use folders outside the WebUI's own\"), which the API cannot change")
 FOLDER_OPTIONS = {kind: f"dreambooth_core_{kind}_dir" for kind in KINDS}
 
 
@@ -102,9 +104,16 @@ def allowed_roots() -> list[Path]:
     return list(dict.fromkeys(roots))
 
 
-def api_any_folder() -> bool:
-    """The operator's choice (Settings, never the API) to let API clients use any absolute path."""
-    return bool(option(API_ANY_FOLDER, False))
+def any_folder() -> bool:
+    """The operator's choice (Settings, never the API) to let clients use any absolute path."""
+    return bool(option(ANY_FOLDER, False))
+
+
+def non_local() -> bool:
+    """Whether others can reach this WebUI (--listen, --share, --ngrok, --server-name), as the WebUI decides it."""
+    from modules import shared
+
+    return bool(getattr(shared.cmd_opts, "webui_is_non_local", False))
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
