@@ -264,6 +264,12 @@ class SafetensorsReader:
 
 
 SAFE_WEIGHTS_ONLY = (2, 6)   # torch releases from which weights_only=True cannot be made to run code
+# How `train --unsafe-pickle` reaches the process that loads the base model (its own or a worker's).
+UNSAFE_PICKLE_ENV = "DREAMBOOTH_CORE_UNSAFE_PICKLE"
+
+
+def unsafe_pickle_requested() -> bool:
+    return os.environ.get(UNSAFE_PICKLE_ENV) == "1"
 
 
 def weights_only_is_safe(version: str) -> bool:

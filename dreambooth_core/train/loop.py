@@ -234,13 +234,14 @@ class Trainer:
     # ---- set-up ------------------------------------------------------------------------
     def _load_model(self) -> "BaseModel":
         if self.model is None:
+            from ..fileio import unsafe_pickle_requested
             from ..models.loading import load_base_model
 
             from ..methods import get_method
 
             cfg = self.config
             dtypes = get_method(cfg.method).load_dtypes(cfg, WEIGHT_DTYPES[cfg.mixed_precision])
-            self.model = load_base_model(cfg.base_model, family=cfg.family, dtype=dtypes)
+            self.model = load_base_model(cfg.base_model, family=cfg.family, dtype=dtypes, unsafe_pickle=unsafe_pickle_requested())
         for module in (self.model.unet, self.model.vae, *self.model.text_encoders):
             module.to(self.acc.device)
         return self.model
