@@ -70,7 +70,7 @@ def train(config: TrainConfig, kind: str, sources: dict[str, str], node_id: str 
 def _check_free(dest: Path) -> None:
     """Refuse, before training, to replace a file that no run of ours placed there (one of
     ours may be replaced: its run folder keeps a copy). `overwrite` does not change that: a
-    workflow anyone on the network can queue never replaces another model, whatever its overwrite says."""
+    workflow anyone on the network can queue never replaces another model."""
     if dest.exists() and not placed_by_a_run(host.runs_root(), dest):
         raise OutputExistsError(f"{dest.name} already exists in {dest.parent} and was not made by a DreamBooth run: "
                                 "add the line output_name=another_name to the node's options")

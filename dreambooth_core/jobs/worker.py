@@ -41,6 +41,8 @@ def silence_limit() -> float | None:
     except ValueError:
         value = DEFAULT_SILENCE_S
     return value if value > 0 else None
+
+
 # Progress bars would only reach us as log noise: the worker reports progress as events.
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
