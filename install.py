@@ -30,6 +30,32 @@ from dreambooth_core import environment as env  # noqa: E402  (stdlib + packagin
 from dreambooth_core.errors import UserError  # noqa: E402
 
 WORKER_PYTHON_SETTING = "dreambooth_core_worker_python"
+FAILED_STAMP = ".install-failed.json"   # the plan that failed last, so a start without network does not retry it
+# pip's own settings, read from the environment: a short wait and one retry when the index is unreachable
+PIP_OFFLINE_FAST = {"PIP_TIMEOUT": "10", "PIP_RETRIES": "1"}
+
+
+def failed_before(root: Path, plan: env.Plan) -> str:
+    """When the same plan failed before: that time, else ''."""
+    try:
+        data = json.loads((root / FAILED_STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(data.get("when", "?")) if data.get("plan") == plan.describe() else ""
+
+
+def record_outcome(root: Path, plan: env.Plan, ok: bool) -> None:
+    stamp = root / FAILED_STAMP
+    if ok:
+        stamp.unlink(missing_ok=True)
+        return
+    import datetime
+
+    when = datetime.datetime.now().isoformat(timespec="seconds")
+    try:
+        stamp.write_text(json.dumps({"plan": plan.describe(), "when": when}, indent=1), encoding="utf-8")
+    except OSError:
+        pass
 
 
 def a1111_launch():
@@ -90,6 +116,7 @@ def main(argv: list[str] | None = None, root: Path = HERE) -> int:
     """`root` is the extension's folder (the worker venv goes there)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="report what is missing and what would run; change nothing")
+    parser.add_argument("--retry", action="store_true", help="run again a setup that failed the same way before")
     args = parser.parse_args(argv)
     launch = a1111_launch()
     try:
@@ -107,9 +134,17 @@ def main(argv: list[str] | None = None, root: Path = HERE) -> int:
         for line in plan.describe():
             print(f"dreambooth_core: {line}")
         return 0 if plan.ready else 1
+    when = "" if args.retry else failed_before(root, plan)
+    if when:
+        print(f"dreambooth_core: setting up the training environment failed at {when} (no network?); not retrying on "
+              f"every start: run `python {Path(__file__).name} --retry` in {root} when the network is back")
+        return 1
     if not plan.ready:
         print(f"dreambooth_core: preparing the training environment ({plan.target}); this happens once")
+    for key, value in PIP_OFFLINE_FAST.items():
+        os.environ.setdefault(key, value)
     ok = env.run_plan(plan)
+    record_outcome(root, plan, ok)
     if plan.steps or not ok:
         print(f"dreambooth_core: training environment {'ready' if ok else 'NOT ready'}: {plan.python}")
     return 0 if ok else 1

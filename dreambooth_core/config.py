@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from .errors import ConfigError
+from .errors import ConfigError, UserError
+from .paths import real_path, safe_name, text_value
 
 METHODS = ("dreambooth", "lora", "textual_inversion", "hypernetwork")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -22,6 +23,8 @@ OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "sgd")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAMPLERS = ("ddim", "euler_a", "dpmpp_2m", "pndm", "lms", "euler")
 ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
+# Keys whose values are paths (a front end that serves clients checks where they point).
+PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from")
 SAVE_FORMATS = {
     "dreambooth": ("single-file", "diffusers"),
     "lora": ("kohya", "peft"),
@@ -184,6 +187,7 @@ class TrainConfig:
             raise ConfigError(f"snr_gamma must be greater than 0, or left unset (got {self.snr_gamma})")
         if not self.token.strip() or any(c.isspace() for c in self.token.strip()):
             raise ConfigError(f"token must be one word such as 'zwx' (got {self.token!r})")
+        self.check_name()
         if self.method in ("dreambooth", "lora") and self.with_prior_preservation and not self.class_noun.strip():
             raise ConfigError("class_noun is needed for prior preservation: name the class of your subject, e.g. 'dog'")
         if self.method == "hypernetwork" and (len(self.layer_structure) < 2 or self.layer_structure[0] != 1 or self.layer_structure[-1] != 1):
@@ -207,6 +211,36 @@ class TrainConfig:
         return self
 
 
+    def check_name(self) -> None:
+        """The run's name becomes folder and file names: it must be one plain path component."""
+        what = "output_name" if self.output_name else "the run name made from token and class_noun"
+        try:
+            safe_name(self.name, what)
+            if self.output_name and self.output_name != self.output_name.strip():
+                raise ConfigError(f"output_name {self.output_name!r} must not start or end with spaces")
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+# Upper bounds for runs a client asks for over the network (A1111 tab and API, ComfyUI nodes):
+# far past any sensible run, short of one that fills a disk or holds the GPU for weeks.
+CLIENT_LIMITS = {"max_train_steps": 200_000, "num_class_images": 10_000, "resolution": 2048, "train_batch_size": 64,
+                 "gradient_accumulation_steps": 1024, "num_validation_images": 16, "validation_inference_steps": 150,
+                 "class_inference_steps": 150, "rank": 1024, "conv_rank": 1024, "num_vectors": 75,
+                 "checkpointing_steps": 200_000, "validation_steps": 200_000}
+
+
+def check_client_limits(config: TrainConfig) -> TrainConfig:
+    """ConfigError naming the first setting past its `CLIENT_LIMITS` bound."""
+    for key, limit in CLIENT_LIMITS.items():
+        value = getattr(config, key)
+        if value is not None and value > limit:
+            raise ConfigError(f"{key} is at most {limit} here (got {value})")
+    if len(config.validation_prompts) > 16 or len(config.layer_structure) > 16:
+        raise ConfigError("validation_prompts and layer_structure hold at most 16 entries here")
+    return config
+
+
 def choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))} (got {value!r})")
@@ -222,6 +256,13 @@ def coerce(key: str, value: Any) -> Any:
     """Convert `value` to the declared type of `key`, or raise ConfigError naming both."""
     hint = _HINTS[key]
     args = [a for a in get_args(hint) if a is not type(None)]
+    if key in PATH_KEYS and value is not None:
+        try:
+            return text_value(value, key)  # a number or a list is no path
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
+    if isinstance(value, str) and "\x00" in value:
+        raise ConfigError(f"{key} contains a NUL byte: remove it")
     if value is None:
         if type(None) in get_args(hint):
             return None
@@ -262,9 +303,9 @@ def coerce_scalar(tp: Any, value: Any) -> Any:
             raise TypeError
         return float(value)
     if tp is str:
-        if isinstance(value, (dict, list)):
+        if not isinstance(value, str):  # a number or a list is no name, prompt or path
             raise TypeError
-        return str(value)
+        return value
     return value
 
 
@@ -367,4 +408,16 @@ def load_config(
         cfg = config_from_dict(read_config_file(path), cfg)
     if overrides:
         cfg = config_from_dict(overrides, cfg)
-    return cfg.validate(check_paths=check_paths)
+    return expand_paths(cfg).validate(check_paths=check_paths)
+
+
+def expand_paths(cfg: TrainConfig) -> TrainConfig:
+    """Each path expanded once (`~`) and resolved, so every later join sees the real folder."""
+    for key in PATH_KEYS:
+        value = getattr(cfg, key)
+        if value and not (key == "resume_from" and value == "latest"):
+            try:
+                setattr(cfg, key, str(real_path(value, key)))
+            except UserError as exc:
+                raise ConfigError(str(exc)) from None
+    return cfg

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -32,36 +33,100 @@ def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return out
 
 
+# Errors of a write that ran out of room or permission. safetensors and torch.save report them
+# as SafetensorError / RuntimeError with the OS's words in the text, so the text counts too.
+_WRITE_ERRNOS = {errno.ENOSPC: "disk full", errno.EFBIG: "disk full (file size limit)",
+                 errno.EROFS: "read-only folder", errno.EACCES: "no permission to write"}
+if hasattr(errno, "EDQUOT"):
+    _WRITE_ERRNOS[errno.EDQUOT] = "disk quota exceeded"
+_WRITE_WORDS = {"No space left": "disk full", "File too large": "disk full (file size limit)",
+                "Read-only file system": "read-only folder", "Disk quota": "disk quota exceeded",
+                "file write failed": "disk full", "Permission denied": "no permission to write"}
+TMP_SUFFIX = ".tmp"
+
+
+def write_failure(exc: BaseException, path: str | os.PathLike, kept: str = "the previous file is intact") -> UserError | None:
+    """A one-sentence UserError when `exc` means the disk or folder refused the write, else None."""
+    if isinstance(exc, UserError):
+        return None
+    reason = None
+    seen: BaseException | None = exc
+    while seen is not None and reason is None:  # torch reports a failed write, then a second error over it
+        reason = _WRITE_ERRNOS.get(getattr(seen, "errno", None) or 0)
+        if reason is None and not isinstance(seen, OSError):
+            reason = next((why for words, why in _WRITE_WORDS.items() if words in str(seen)), None)
+        seen = seen.__cause__ or seen.__context__
+    if reason is None:
+        return None
+    return UserError(f"{reason} at {path}; {kept}: free space or fix the folder's permissions and try again")
+
+
+def temp_name(out: Path) -> Path:
+    """A hidden name beside `out` that says which process writes it (so a later start can tell
+    a killed writer's leftover from a live one's file), ending in .tmp so no host lists it."""
+    return out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+
+
+def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders that killed writers left in `folder`."""
+    removed = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for entry in root.iterdir():
+        parts = entry.name.split(".")
+        if not (entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX) and len(parts) >= 4 and parts[-3].isdigit()):
+            continue
+        if _alive(int(parts[-3])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`.
 
-    The temporary name starts with '.' and ends in '.tmp', so neither A1111 nor
-    ComfyUI lists it while it is being written.
+    The temporary file is made with mode 0666 less the process umask (the kernel applies
+    it; the umask itself is never changed, so no other thread sees it altered). Its name
+    starts with '.' and ends in '.tmp', so neither A1111 nor ComfyUI lists it.
     """
     out = check_output(path, overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    clean_stale_temps(out.parent)
+    tmp = temp_name(out)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        mode = os.fstat(fd).st_mode & 0o777   # 0666 less the umask, as the kernel applied it
+        os.close(fd)
         yield tmp
-        if tmp.exists():  # mkstemp makes 0600 files; give the usual umask-based mode
-            os.chmod(tmp, 0o666 & ~_umask())
+        if tmp.exists():   # a writer that replaced the file (safetensors makes 0600 files) gets the usual mode
+            os.chmod(tmp, mode)
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} appeared while writing: choose another name or pass --overwrite")
         os.replace(tmp, out)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"disk full while writing {out}: free space and try again (nothing was overwritten)") from exc
+    except Exception as exc:
+        failure = write_failure(exc, out)
+        if failure is not None:
+            raise failure from exc
         raise
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
@@ -95,8 +160,17 @@ def save_torch_atomic(obj: Any, path: str | os.PathLike, overwrite: bool = False
     import torch
 
     with atomic_path(path, overwrite) as tmp:
-        torch.save(obj, tmp, _use_new_zipfile_serialization=not legacy)
+        torch_save(obj, tmp, legacy)
     return Path(path)
+
+
+def torch_save(obj: Any, path: Path, legacy: bool = False) -> None:
+    """torch.save through a Python file, so a failed write raises the OS's error (ENOSPC, EFBIG)
+    rather than torch's "iostream error" that names no cause."""
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f, _use_new_zipfile_serialization=not legacy)
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
@@ -189,15 +263,43 @@ class SafetensorsReader:
         self.close()
 
 
-def load_pickled(path: str | os.PathLike, what: str = "file", device: str = "cpu", unsafe: bool = False) -> Any:
+SAFE_WEIGHTS_ONLY = (2, 6)   # torch releases from which weights_only=True cannot be made to run code
+# How `train --unsafe-pickle` reaches the process that loads the base model (its own or a worker's).
+UNSAFE_PICKLE_ENV = "DREAMBOOTH_CORE_UNSAFE_PICKLE"
+
+
+def unsafe_pickle_requested() -> bool:
+    return os.environ.get(UNSAFE_PICKLE_ENV) == "1"
+
+
+def weights_only_is_safe(version: str) -> bool:
+    """Whether torch `version` (e.g. "2.1.2+cu121") loads pickles with weights_only=True safely."""
+    from packaging.version import Version
+
+    return Version(version.split("+")[0]).release[:2] >= SAFE_WEIGHTS_ONLY
+
+
+class UnsafePickle(FormatError):
+    """A pickle this torch cannot read safely, refused unread."""
+
+
+def load_pickled(path: str | os.PathLike, what: str = "file", device: str = "cpu", unsafe: bool = False,
+                 written_here: bool = False) -> Any:
     """torch.load with weights_only=True (tensors and plain containers; legacy or zip format).
 
     `unsafe` (the user's explicit --unsafe-pickle) allows arbitrary objects, because
-    unpickling runs code.
+    unpickling runs code. Before torch 2.6 weights_only can be bypassed, so there a pickle
+    is refused unless `unsafe`, or `written_here` (a file this project wrote in its own folder).
     """
     import torch
 
     p = require_file(path, what)
+    if not unsafe and not written_here and not weights_only_is_safe(torch.__version__):
+        raise UnsafePickle(
+            f"{p} is a pickle, and this torch ({torch.__version__}) cannot read pickles safely: before 2.6 its "
+            "weights_only loader can be made to run code (CVE-2025-32434). Convert the file to .safetensors where a "
+            "newer torch runs (e.g. `python -m dreambooth_core convert` for checkpoints, or load and save it with "
+            "safetensors.torch.save_file), or pass --unsafe-pickle on the command line if you trust its source")
     try:
         return torch.load(p, map_location=device, weights_only=not unsafe)
     except Exception as exc:

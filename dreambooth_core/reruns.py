@@ -44,9 +44,10 @@ def _digest(value: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
-def source_signature(path: str | os.PathLike | None) -> str:
+def source_signature(path: str | os.PathLike | None, recursive: bool = True) -> str:
     """A cheap identity of a model file or an image folder: names, sizes and modification
-    times (hashing gigabytes of weights on every queue would take longer than a step)."""
+    times (hashing gigabytes of weights on every queue would take longer than a step).
+    An image folder is read flat (`recursive=False`), as training reads it."""
     if not path:
         return ""
     p = Path(path)
@@ -55,7 +56,7 @@ def source_signature(path: str | os.PathLike | None) -> str:
         return _digest([p.name, st.st_size, st.st_mtime_ns])
     if p.is_dir():
         entries = []
-        for child in sorted(p.rglob("*")):
+        for child in sorted(p.rglob("*") if recursive else p.iterdir()):
             if child.is_file() and not child.name.startswith("."):
                 st = child.stat()
                 entries.append([str(child.relative_to(p)), st.st_size, st.st_mtime_ns])

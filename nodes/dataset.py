@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from dreambooth_core.data.images import scan_images
 from dreambooth_core.errors import UserError
+from dreambooth_core.paths import text_value
 from dreambooth_core.reruns import source_signature
 
 from . import host
@@ -20,13 +21,13 @@ log = logging.getLogger("dreambooth_core.comfyui")
 
 def images_from_folder(text: str) -> TrainingImages:
     """Every usable image of the folder, checked now (bad files are named and skipped)."""
-    if not text.strip():
+    if not text_value(text, "folder").strip():
         raise UserError("no image folder given: type a folder name from ComfyUI's input folder (or an absolute path), "
                         "or connect an IMAGE batch")
     folder = host.input_path(text)
     records = scan_images(folder, warn=lambda message: log.warning("DreamBooth: %s", message))
     captioned = sum(1 for r in records if r.caption)
-    return TrainingImages(str(folder), len(records), captioned, source_signature(folder))
+    return TrainingImages(str(folder), len(records), captioned, source_signature(folder, recursive=False))
 
 
 def images_from_batch(batch: Any) -> TrainingImages:
@@ -67,4 +68,6 @@ class LoadTrainingImages(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, folder: str = "", images: Any = None) -> str:
         """Run again when the folder's files change (ComfyUI would otherwise reuse the old list)."""
-        return source_signature(host.input_path(folder)) if images is None and folder.strip() else ""
+        if images is not None or not isinstance(folder, str) or not folder.strip():
+            return ""
+        return source_signature(host.input_path(folder), recursive=False)

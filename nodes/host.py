@@ -17,12 +17,14 @@ import folder_paths
 import server
 
 from dreambooth_core.errors import UserError
+from dreambooth_core.paths import contained
 
 # Artifact kinds (dreambooth_core.events.Artifact.kind) → ComfyUI folder names.
 KIND_FOLDERS = {"checkpoint": "checkpoints", "lora": "loras", "embedding": "embeddings", "hypernetwork": "hypernetworks"}
 STATUS_EVENT = "dreambooth.status"     # the web extension listens for this
 RUN_MODE_ENV = "DREAMBOOTH_CORE_RUN_MODE"          # "worker" (default) or "in_process"
 WORKER_PYTHON_ENV = "DREAMBOOTH_CORE_WORKER_PYTHON"  # default: ComfyUI's own Python
+ANY_FOLDER_ENV = "DREAMBOOTH_CORE_ANY_FOLDER"        # "1": nodes may read absolute paths outside ComfyUI's folders
 SETUP_HINT = (f"install this node pack's requirements.txt into ComfyUI's Python, or set {WORKER_PYTHON_ENV} "
               "to a Python that has diffusers, peft and accelerate")
 
@@ -52,10 +54,24 @@ def publish_folder(kind: str) -> Path:
     return folder
 
 
-def input_path(text: str) -> Path:
-    """An absolute path as given; a relative one under ComfyUI's input folder."""
-    p = Path(os.path.expanduser(text.strip()))
-    return p if p.is_absolute() else Path(folder_paths.get_input_directory()) / p
+def allowed_roots() -> list[Path]:
+    """What a node may read: ComfyUI's input, output and temp folders and its model folders."""
+    roots = [folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.get_temp_directory()]
+    for kind in (*KIND_FOLDERS.values(), "diffusers"):
+        roots += folder_paths.get_folder_paths(kind)
+    return list(dict.fromkeys(Path(r) for r in roots))
+
+
+def any_folder() -> bool:
+    """The operator's switch (set where ComfyUI is started, never in a workflow) for absolute paths anywhere."""
+    return os.environ.get(ANY_FOLDER_ENV, "") == "1"
+
+
+def input_path(text: object, what: str = "folder") -> Path:
+    """A folder under ComfyUI's input folder (relative) or another of its folders (absolute);
+    elsewhere only when the operator set DREAMBOOTH_CORE_ANY_FOLDER=1."""
+    return contained(text, what, allowed_roots(), base=folder_paths.get_input_directory(), anywhere=any_folder(),
+                     setting_hint=f"start ComfyUI with {ANY_FOLDER_ENV}=1 to allow other folders")
 
 
 def runs_root() -> Path:

@@ -58,7 +58,7 @@ def train(config: TrainConfig, kind: str, sources: dict[str, str], node_id: str 
     if plan.action == "reuse":
         log.info("DreamBooth: %s was already trained with these settings (%s)", config.name, plan.folder)
         return _publish(plan, recorded_run(plan.record), kind, dest, config)
-    _check_free(dest, config.overwrite)
+    _check_free(dest)
     host.free_memory()
     progress = host.NodeProgress(node_id, config.max_train_steps)
     verb = "resuming" if plan.action == "resume" else "starting"
@@ -67,12 +67,13 @@ def train(config: TrainConfig, kind: str, sources: dict[str, str], node_id: str 
     return _publish(plan, finished_run(state), kind, dest, config)
 
 
-def _check_free(dest: Path, overwrite: bool) -> None:
+def _check_free(dest: Path) -> None:
     """Refuse, before training, to replace a file that no run of ours placed there (one of
-    ours may be replaced: its run folder keeps a copy)."""
-    if dest.exists() and not overwrite and not placed_by_a_run(host.runs_root(), dest):
-        raise OutputExistsError(f"{dest.name} already exists in {dest.parent}: add the line output_name=another_name "
-                                "to the node's options (or overwrite=true to replace it)")
+    ours may be replaced: its run folder keeps a copy). `overwrite` does not change that: a
+    workflow anyone on the network can queue never replaces another model."""
+    if dest.exists() and not placed_by_a_run(host.runs_root(), dest):
+        raise OutputExistsError(f"{dest.name} already exists in {dest.parent} and was not made by a DreamBooth run: "
+                                "add the line output_name=another_name to the node's options")
 
 
 def _publish(plan: RunPlan, run: FinishedRun, kind: str, dest: Path, config: TrainConfig) -> Trained:
@@ -82,7 +83,7 @@ def _publish(plan: RunPlan, run: FinishedRun, kind: str, dest: Path, config: Tra
         raise UserError(f"the run finished without a {kind} file named {dest.name}; see {run.run_dir}/log.txt")
     current = [p for p in run.published if p.path == str(dest) and p.intact()]
     if not current:
-        _check_free(dest, config.overwrite)
+        _check_free(dest)
         publish(artifact.path, kind, dest.stem, dest.parent, overwrite=True)
         current = [Published.of(kind, dest)]
     run.published = current

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from dreambooth_core.config import ACTIVATIONS, PRESETS, SAVE_FORMATS, TrainConfig, load_config, parse_set
+from dreambooth_core.config import (ACTIVATIONS, PATH_KEYS, PRESETS, SAVE_FORMATS, TrainConfig, check_client_limits, load_config,
+                                    parse_set)
 from dreambooth_core.errors import UserError
 from dreambooth_core.reruns import source_signature
 
@@ -28,13 +29,19 @@ OPTIONS_PLACEHOLDER = ("more settings, one per line (any training config key), e
 
 
 def parse_options(text: str) -> dict[str, str]:
-    """`key = value` lines (blank lines and # comments ignored) as TrainConfig overrides."""
+    """`key = value` lines (blank lines and # comments ignored) as TrainConfig overrides.
+    Paths are the node's inputs' business (ComfyUI's lists and folders), never free text here."""
     items = []
     for line in (raw.strip() for raw in text.splitlines()):
         if line and not line.startswith("#"):
             key, sep, value = line.partition("=")
             items.append(f"{key.strip()}={value.strip()}" if sep else line)
-    return parse_set(items)
+    options = parse_set(items)
+    refused = [key for key in options if key in PATH_KEYS]
+    if refused:
+        raise UserError(f"options: {', '.join(refused)} cannot be set here; the checkpoint, dataset and concept inputs "
+                        "choose the files, and runs are kept in ComfyUI's output/dreambooth folder")
+    return options
 
 
 def unconnected(message: str) -> ExecutionBlocker:
@@ -133,7 +140,7 @@ class TrainNode(io.ComfyNode):
         if resolution > 0:
             values["resolution"] = resolution
         values.update(parse_options(options))
-        config = load_config(preset=preset, overrides=values)
+        config = check_client_limits(load_config(preset=preset, overrides=values))
         host_format = SAVE_FORMATS[cls.METHOD][0]  # the format ComfyUI loads is always written
         if host_format not in config.formats:
             config.save_formats = [host_format, *config.save_formats]

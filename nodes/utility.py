@@ -17,6 +17,7 @@ from comfy_api.latest import io
 
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.jobs.worker import worker_env
+from dreambooth_core.paths import safe_name, text_value
 
 from . import host
 
@@ -53,12 +54,15 @@ def run_command(args: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed (exit code {proc.returncode}): {tail}{hint}")
 
 
-def output_file(kind: str, name: str, overwrite: bool) -> Path:
-    """The new file in the first folder of `kind`, refused early if it would replace one."""
-    if not name.strip() or Path(name).name != name.strip() or name.strip().startswith("."):
-        raise UserError(f"output_name {name!r} must be a plain file name without folders")
-    folder = host.publish_folder(kind)
-    stem = name.strip().removesuffix(".safetensors")
+def output_name_or(typed: object, default: str) -> str:
+    """The typed output_name (checked to be text), or `default` when it is empty."""
+    return text_value(typed, "output_name").strip() or default
+
+
+def output_file(kind: str, name: object, overwrite: bool, folder: Path | None = None) -> Path:
+    """The new file in the first folder of `kind` (or `folder`), refused early if it would replace one."""
+    stem = safe_name(safe_name(name, "output_name").removesuffix(".safetensors"), "output_name")
+    folder = folder or host.publish_folder(kind)
     path = folder / f"{stem}.safetensors"
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path.name} already exists in {folder}: choose another output_name or turn on overwrite")
@@ -111,14 +115,14 @@ class ConvertModel(io.ComfyNode):
         kind, _, name = source.partition("/")
         if kind == "checkpoints":
             src = host.model_path("checkpoints", name)
-            stem = output_name.strip() or Path(name).stem
+            stem = safe_name(output_name_or(output_name, Path(name).stem), "output_name")
             out = Path(folder_paths.get_folder_paths("diffusers")[0]) / stem
             if out.exists() and not overwrite:
                 raise OutputExistsError(f"{out.name} already exists in {out.parent}: choose another output_name or turn on overwrite")
             out.parent.mkdir(parents=True, exist_ok=True)
         else:
             src = diffusers_path(name)
-            out = output_file("checkpoint", output_name.strip() or Path(name).name, overwrite)
+            out = output_file("checkpoint", output_name_or(output_name, Path(name).name), overwrite)
         run_command(["convert", str(src), str(out), "--dtype", dtype, *(["--overwrite"] if overwrite else [])], "the conversion")
         return io.NodeOutput(out.name)
 
@@ -144,13 +148,13 @@ class ConvertLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, lora: str, to: str, base_model: str, output_name: str, overwrite: bool) -> io.NodeOutput:
         src = host.model_path("loras", lora)
-        name = output_name.strip() or f"{Path(lora).stem}-{to}"
+        name = output_name_or(output_name, f"{Path(lora).stem}-{to}")
         if to == "kohya":
             out = output_file("lora", name, overwrite)
         else:
-            out = host.runs_root() / "peft" / f"{name}.safetensors"
-            if out.exists() and not overwrite:
-                raise OutputExistsError(f"{out} already exists: choose another output_name or turn on overwrite")
+            folder = host.runs_root() / "peft"
+            folder.mkdir(parents=True, exist_ok=True)
+            out = output_file("lora", name, overwrite, folder)
         args = ["lora", "convert", str(src), str(out), "--to", to]
         if base_model != NONE:
             args += ["--base", str(host.model_path("checkpoints", base_model))]
@@ -179,7 +183,7 @@ class MergeLoRA(io.ComfyNode):
     @classmethod
     def execute(cls, checkpoint: str, dtype: str, output_name: str, overwrite: bool, **slots) -> io.NodeOutput:
         base = host.model_path("checkpoints", checkpoint)
-        out = output_file("checkpoint", output_name.strip() or f"{Path(checkpoint).stem}-merged", overwrite)
+        out = output_file("checkpoint", output_name_or(output_name, f"{Path(checkpoint).stem}-merged"), overwrite)
         args = ["lora", "merge", "--base", str(base), "--dtype", dtype]
         for i in range(1, cls.SLOTS + 1):
             name = slots.get(f"lora_{i}", NONE)
@@ -208,7 +212,7 @@ class ExtractLoRA(io.ComfyNode):
     def execute(cls, base: str, tuned: str, rank: int, conv_rank: int, output_name: str, overwrite: bool) -> io.NodeOutput:
         if base == tuned:
             raise UserError("base and tuned are the same checkpoint: pick the fine-tuned model as tuned")
-        out = output_file("lora", output_name.strip() or f"{Path(tuned).stem}-extracted", overwrite)
+        out = output_file("lora", output_name_or(output_name, f"{Path(tuned).stem}-extracted"), overwrite)
         args = ["lora", "extract", "--base", str(host.model_path("checkpoints", base)),
                 "--tuned", str(host.model_path("checkpoints", tuned)), "--rank", str(rank)]
         if conv_rank > 0:

@@ -4,6 +4,7 @@ cancel, list; paths outside the WebUI's folders are refused; only with --api, an
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import time
 from pathlib import Path
@@ -170,3 +171,86 @@ def test_api_auth_users_guard_the_routes(webui):
     with pytest.raises(HTTPException) as err:
         guard.dependency(HTTPBasicCredentials("alice", "wrong"))
     assert err.value.status_code == 401
+
+
+@pytest.mark.parametrize("key", ["output_name", "token", "class_noun"])
+def test_a_name_that_would_climb_out_is_refused(webui, tmp_path, key):
+    from hostile import HOSTILE_NAMES, NOT_TEXT, Canary
+
+    canary = Canary(tmp_path)
+    for value in HOSTILE_NAMES + NOT_TEXT:
+        if key == "class_noun" and value in (".", "..", ".hidden"):
+            continue  # after the token ("zwx_..") these are plain file names
+        with pytest.raises(webui.api.ApiError) as err:
+            call(webui, "start", body(webui, **{key: value}))
+        assert err.value.status == 400, (value, str(err.value))
+        assert key in str(err.value) or "name" in str(err.value)
+    assert webui.session.manager.list() == []
+    canary.assert_intact()
+
+
+@pytest.mark.parametrize("key", ["instance_data_dir", "output_dir", "base_model", "class_data_dir", "resume_from"])
+def test_every_way_to_a_folder_outside_is_refused(webui, tmp_path, monkeypatch, key):
+    from hostile import Canary
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    canary = Canary(tmp_path)
+    for value in canary.paths(webui.root):
+        with pytest.raises(webui.api.ApiError) as err:
+            call(webui, "start", body(webui, **{key: value}))
+        assert err.value.status in (400, 403), (value, str(err.value))
+        if err.value.status == 403:
+            assert "outside the folders" in str(err.value) and "Settings → DreamBooth" in str(err.value)
+    assert webui.session.manager.list() == []
+    canary.assert_intact()
+
+
+def test_a_malformed_body_is_a_400_not_a_500(webui):
+    for bad in ([], "text", {"config": []}, {"preset": ["lora"], "config": {}}, {"config": {"base_model": 5}}):
+        with pytest.raises(webui.api.ApiError) as err:
+            call(webui, "start", bad)
+        assert err.value.status == 400
+
+
+def test_only_the_operator_opens_other_folders(webui, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (64, 64), "blue").save(outside / "a.png")
+    key = "dreambooth_core_any_folder"
+    assert webui.shared.opts.set(key, True, is_api=True) is False   # what POST /sdapi/v1/options does: refused
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, instance_data_dir=str(outside)))
+    assert err.value.status == 403
+    webui.shared.opts.set(key, True)   # Settings → DreamBooth, by the WebUI's operator
+    view = settle(webui, call(webui, "start", body(webui, instance_data_dir=str(outside)))["id"])
+    assert view["status"] == "completed"
+    with pytest.raises(webui.api.ApiError) as err:   # relative paths still stay under the WebUI's folders
+        call(webui, "start", body(webui, output_name="other", instance_data_dir=os.path.relpath(outside, webui.root)))
+    assert err.value.status == 403
+
+
+@pytest.mark.parametrize("key, value", [("max_train_steps", 10**9), ("num_class_images", 10**7), ("resolution", 65536),
+                                        ("train_batch_size", 4096), ("num_validation_images", 1000)])
+def test_settings_past_their_bounds_are_a_400(webui, key, value):
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, **{key: value}))
+    assert err.value.status == 400 and key in str(err.value) and "at most" in str(err.value)
+    assert webui.session.manager.list() == []
+
+
+def test_a_full_queue_is_refused_with_a_clear_message(webui):
+    webui.session.manager.env["FAKE_TRAINER_DELAY"] = "0.05"
+    limit = webui.session.manager.max_queue
+    for i in range(limit + 1):
+        call(webui, "start", body(webui, output_name=f"run{i}", max_train_steps=200))
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, output_name="one_too_many"))
+    assert err.value.status == 400 and f"the limit is {limit}" in str(err.value)
+
+
+def test_the_api_cannot_overwrite_a_file_in_the_webuis_folders(webui):
+    theirs = webui.folders["lora"] / "zwx_dog.safetensors"
+    theirs.write_bytes(b"mine")
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, overwrite=True))
+    assert err.value.status == 409 and theirs.read_bytes() == b"mine"

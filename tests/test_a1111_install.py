@@ -226,3 +226,24 @@ def test_a_real_worker_venv_reuses_the_host_torch_and_a_second_start_is_a_no_op(
         t0 = time.monotonic()
         assert install.main([], root=ext) == 0
         assert time.monotonic() - t0 < 2.0
+
+
+def test_a_failed_setup_is_not_retried_on_every_start(a1111, monkeypatch, capsys):
+    seen_env = []
+    failing = Recorder(code=1)
+    monkeypatch.setattr(env, "run_command", lambda argv: seen_env.append(os.environ.get("PIP_RETRIES")) or failing(argv))
+    monkeypatch.setattr(env, "probe", lambda python=None: A1111_HOST)
+    monkeypatch.delenv("PIP_RETRIES", raising=False)
+    monkeypatch.delenv("PIP_TIMEOUT", raising=False)
+    assert a1111.install.main([], root=a1111.ext) == 1
+    tried = len(failing.commands)
+    assert tried >= 1 and seen_env[0] == "1", "pip waits briefly and retries once when the index is unreachable"
+    capsys.readouterr()
+    started = time.monotonic()
+    assert a1111.install.main([], root=a1111.ext) == 1
+    assert len(failing.commands) == tried and time.monotonic() - started < 5
+    assert "not retrying on every start" in capsys.readouterr().out
+    assert a1111.install.main(["--retry"], root=a1111.ext) == 1 and len(failing.commands) > tried
+    monkeypatch.setattr(env, "run_command", Recorder(code=0))
+    assert a1111.install.main(["--retry"], root=a1111.ext) == 0
+    assert not (a1111.ext / a1111.install.FAILED_STAMP).exists()

@@ -207,7 +207,7 @@ def test_uploaded_images_are_copied_into_the_runs_folder(webui, tmp_path):
     view = wait_done(webui)
     assert view["status"] == "completed", view["error"]
     dataset = webui.root / "outputs" / "dreambooth_core" / "datasets" / "zwx_dog"
-    assert sorted(p.name for p in dataset.iterdir()) == ["000_0.png", "001_1.png"]
+    assert sorted(p.name for p in dataset.iterdir() if not p.name.startswith(".")) == ["000_0.png", "001_1.png"]
 
 
 def test_a_second_run_waits_in_the_queue_while_one_trains(webui):
@@ -340,3 +340,60 @@ def test_a_tiny_real_lora_run_from_the_train_button_to_the_lora_list(webui):
     assert lora.filename == str(webui.folders["lora"] / "zwx_dog.safetensors")
     assert lora.alias == "zwx_dog" and lora.sd_version == "SD1"
     assert view["delivered"][0]["prompt"] == "a photo of zwx dog <lora:zwx_dog:0.8>"
+
+
+def test_an_upload_never_replaces_a_folder_outside_its_own(webui, tmp_path):
+    from hostile import HOSTILE_NAMES, Canary
+
+    canary = Canary(tmp_path)
+    photo = str(sorted(webui.images.iterdir())[0])
+    runs = webui.root / "outputs" / "dreambooth_core"
+    rel = os.path.relpath(canary.folder, runs / "datasets")
+    for value in [*HOSTILE_NAMES, rel, "/" + rel, f"/../..{canary.folder}"]:
+        for key in ("output_name", "token"):
+            status, _ = press(webui, "dbc_train", images_dir="", uploads=[photo], **{key: value})
+            assert "dbc-error" in status and any(w in status for w in ("plain name", "NUL byte", "characters long", "one word")), \
+                (key, value, status)
+    status, _ = press(webui, "dbc_train", images_dir="", uploads=[photo], class_noun=f"x/{rel}")
+    assert "plain name" in status
+    assert webui.session.manager.list() == [] and not (runs / "datasets").exists()
+    canary.assert_intact()
+
+
+def test_an_upload_replaces_only_an_upload_folder_it_made(webui, tmp_path):
+    photo = str(sorted(webui.images.iterdir())[0])
+    theirs = webui.root / "outputs" / "dreambooth_core" / "datasets" / "mine"
+    theirs.mkdir(parents=True)
+    (theirs / "keep.png").write_bytes(b"user's file")
+    status, _ = press(webui, "dbc_train", images_dir="", uploads=[photo], output_name="mine")
+    assert "not made by dreambooth_core" in status and (theirs / "keep.png").read_bytes() == b"user's file"
+    assert sorted(p.name for p in theirs.parent.iterdir()) == ["mine"], "no staging folder is left behind"
+    press(webui, "dbc_train", images_dir="", uploads=[photo], output_name="ours")
+    assert wait_done(webui)["status"] == "completed"
+    press(webui, "dbc_train", images_dir="", uploads=[photo, str(sorted(webui.images.iterdir())[1])], output_name="ours",
+          overwrite=True)
+    assert wait_done(webui)["status"] == "completed"
+    ours = theirs.parent / "ours"
+    assert sorted(p.name for p in ours.iterdir() if not p.name.startswith(".")) == ["000_0.png", "001_1.png"]
+
+
+def test_an_image_folder_that_is_no_path_is_a_clear_error(webui):
+    status, _ = press(webui, "dbc_train", images_dir=str(webui.images) + "\x00")
+    assert "NUL byte" in status and webui.session.manager.list() == []
+
+
+def test_a_shared_webui_reads_image_folders_only_from_its_own(webui, tmp_path, monkeypatch):
+    from hostile import Canary
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    canary = Canary(tmp_path)
+    webui.shared.cmd_opts.webui_is_non_local = True   # what the WebUI sets for --listen / --share
+    for value in canary.paths(webui.root)[:-3]:       # the tab's textbox always sends text
+        status, _ = press(webui, "dbc_train", images_dir=value)
+        assert "dbc-error" in status and ("outside the folders" in status or "NUL byte" in status), (value, status)
+    status, _ = press(webui, "dbc_train", images_dir=str(webui.images))
+    assert "Settings → DreamBooth" in status
+    webui.shared.opts.set("dreambooth_core_any_folder", True)
+    press(webui, "dbc_train", images_dir=str(webui.images))
+    assert wait_done(webui)["status"] == "completed"
+    canary.assert_intact()

@@ -420,9 +420,14 @@ def test_existing_outputs_are_kept_unless_overwrite(tiny, tmp_path):
     assert main(["convert", str(src), str(folder)]) == 1
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
     assert main(["convert", str(src), str(out), "--overwrite"]) == 0
-    assert main(["convert", str(src), str(folder), "--overwrite"]) == 0
-    assert (folder / "model_index.json").is_file() and not (folder / "keep.txt").exists()
-    assert_same_components(load_base_model(out), load_base_model(folder))
+    assert main(["convert", str(src), str(folder), "--overwrite"]) == 1   # not a folder we wrote: never replaced
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+    ours = tmp_path / "ours"
+    assert main(["convert", str(src), str(ours)]) == 0
+    (ours / "stale.txt").write_text("x")
+    assert main(["convert", str(src), str(ours), "--overwrite"]) == 0
+    assert (ours / "model_index.json").is_file() and not (ours / "stale.txt").exists()
+    assert_same_components(load_base_model(out), load_base_model(ours))
     assert leftovers(tmp_path) == []
 
 

@@ -163,3 +163,26 @@ def test_second_ctrl_c_stops_at_once(paths):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert "interrupted" in err and out == ""
+
+
+@pytest.mark.slow
+def test_an_old_torch_reads_a_pickled_checkpoint_only_with_unsafe_pickle(paths, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from dreambooth_core.fileio import UNSAFE_PICKLE_ENV
+    from dreambooth_core.formats.checkpoint import ldm_state_dict
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    base = tmp_path / "base.ckpt"
+    torch.save({"state_dict": ldm_state_dict(tiny_base_model("sd1"), torch.float32)}, base)
+    monkeypatch.setattr(torch, "__version__", "2.1.2+cu121")
+    monkeypatch.delenv(UNSAFE_PICKLE_ENV, raising=False)
+    args = ["train", "--preset", "lora", *sets({**paths, "base_model": base, "max_train_steps": 1, "resolution": 64,
+                                                 "num_validation_images": 0, "rank": 2})]
+    assert main(args) == 1
+    out = capsys.readouterr()
+    assert "CVE-2025-32434" in out.out + out.err and "Traceback" not in out.out + out.err
+    # with the flag the pickle is read: the tiny model's tensors are seen (its odd sizes need configs a .ckpt lacks)
+    assert main([*args, "--set", "overwrite=true", "--unsafe-pickle"]) == 1
+    out = capsys.readouterr()
+    assert "CVE-2025-32434" not in out.out + out.err and "model.diffusion_model.input_blocks.0.0.weight has shape" in out.err

@@ -34,6 +34,8 @@ def fake_runner(config: TrainConfig, emit, cancel: CancelToken) -> None:
         raise UserError("no usable image in /photos: add some")
     if behaviour == "crash":
         raise RuntimeError("boom")
+    if behaviour == "hang":   # a deadlocked driver: alive, silent, deaf to cancel
+        time.sleep(3600)
     if behaviour == "chatty":
         print("library chatter on stdout", flush=True)
         os.write(1, b"C-level chatter on fd 1\n")
@@ -521,3 +523,16 @@ def test_real_training_in_a_worker_cancels_through_stdin_and_resumes(tmp_path):
     assert started.start_step == stopped_at and started.run_dir == job.run_dir
     (lora,) = [a for a in resumed.artifacts if a.kind == "lora" and a.final]
     assert Path(lora.path).is_file() and lora.prompt_hint == "<lora:zwx_dog:0.8>"
+
+
+@pytest.mark.slow
+def test_a_silent_worker_is_stopped_and_the_next_queued_run_starts(make_config):
+    manager = JobManager(env=FAKE_ENV, silence=15)   # longer than a worker's start on a busy 2-core machine
+    hung = manager.submit(make_config(token="hang"))
+    after = manager.submit(make_config(token="zwx"))
+    assert manager.get(after).wait(120)
+    job = manager.get(hung)
+    assert job.status == "failed" and job.returncode is not None and job.returncode < 0
+    assert "emitted nothing for 15 s and was stopped as hung" in job.result.error.message
+    assert str(Path(make_config().output_dir) / "hang_dog") in job.result.error.message   # where its log is kept
+    assert manager.get(after).status == "completed"

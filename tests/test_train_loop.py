@@ -174,6 +174,20 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_passes_over_a_damaged_state_to_the_one_before(tmp_path):
+    cfg = tiny_config(tmp_path, max_train_steps=4, checkpointing_steps=1)
+    first, _, _ = train(cfg, recorder=Recorder(cancel_after=2))
+    assert first.status == "cancelled" and first.step == 2
+    damaged = first.run_dir / "state" / "step-2" / "optimizer.pt"
+    damaged.write_bytes(b"garbage" * 20)
+    cfg.resume_from = "latest"
+    second, rec, _ = train(cfg)
+    assert second.status == "completed" and rec.events[0].start_step == 1
+    assert any(str(damaged) in e.message and "resuming from the state saved before it" in e.message
+               for e in rec.of("log") if e.level == "warning")
+
+
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tmp_path):
     cfg = tiny_config(tmp_path, max_train_steps=2)
     train(cfg, recorder=Recorder(cancel_after=1))

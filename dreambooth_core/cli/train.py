@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 from ..config import PRESETS, load_config, parse_set
 from ..events import Artifact, CancelToken, Done, Error, Event, Log, Preview, Progress, Started
+from ..fileio import UNSAFE_PICKLE_ENV
 from ..jobs import RunState, WorkerJob, run_in_process
 
 PHASES = {"class_images": ("class images", "img"), "caching": ("caching", "img"), "train": ("training", "step"),
@@ -32,12 +34,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set max_train_steps=400 (repeatable)")
     p.add_argument("--worker", action="store_true", help="train in a separate worker process (as the host adapters do)")
+    p.add_argument("--unsafe-pickle", action="store_true",
+                   help="allow a pickled .ckpt/.bin base model that needs full unpickling or a torch before 2.6 "
+                        "(unpickling runs code: trusted files only)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, preset=args.preset, overrides=parse_set(args.overrides))
     printer = ProgressPrinter()
+    if args.unsafe_pickle:   # this process is the CLI's own; a worker inherits its environment
+        os.environ[UNSAFE_PICKLE_ENV] = "1"
     with printer.redirect_warnings():
         if args.worker:
             job = WorkerJob(config, on_event=printer)

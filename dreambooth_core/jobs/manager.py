@@ -39,7 +39,9 @@ class JobManager:
         max_queue: int = 4,
         keep_finished: int = 20,
         runner: Runner | None = None,
+        silence: float | None = None,
     ) -> None:
+        self.silence = silence   # seconds a worker may be silent (None: DREAMBOOTH_CORE_WORKER_SILENCE_S or 30 min)
         self.python = python
         self.env = dict(env or {})
         self.cwd = cwd
@@ -108,7 +110,7 @@ class JobManager:
     def _make(self, config: TrainConfig, mode: str) -> Job:
         job: Job
         if mode == "worker":
-            job = WorkerJob(config, python=self.python, env=self.env, cwd=self.cwd)
+            job = WorkerJob(config, python=self.python, env=self.env, cwd=self.cwd, silence=self.silence)
         else:
             job = LocalJob(config, runner=self.runner)
         job.add_listener(lambda event: self._relay(job, event))

@@ -16,20 +16,33 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import IO, Iterator, Mapping
 
-from ..config import TrainConfig
+from ..config import PATH_KEYS, TrainConfig
 from ..errors import UserError
 from ..events import Done, Error, Event, EventSink, Log, event_from_dict
 from .state import Job
 
-PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from")
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]   # the folder that holds dreambooth_core/
 STDERR_TAIL = 20
 QUOTED_LINES = 5
 SETTINGS_HINT = "run install.py or set the worker Python in settings"
+SILENCE_ENV = "DREAMBOOTH_CORE_WORKER_SILENCE_S"   # the host's operator may change how long a worker may be silent
+DEFAULT_SILENCE_S = 1800.0                          # longer than any model load or save the worker does without a word
+
+
+def silence_limit() -> float | None:
+    """Seconds a worker may emit nothing before it is stopped (the env var; 0 turns it off)."""
+    try:
+        value = float(os.environ.get(SILENCE_ENV, DEFAULT_SILENCE_S))
+    except ValueError:
+        value = DEFAULT_SILENCE_S
+    return value if value > 0 else None
+
+
 # Progress bars would only reach us as log noise: the worker reports progress as events.
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
@@ -72,7 +85,9 @@ class WorkerJob(Job):
     """A run in a worker process, with the same attributes as a `LocalJob`.
 
     `env` is added to this process's environment. `cancel_grace` is how long a cancelled
-    worker may take to save its resumable state before it is terminated.
+    worker may take to save its resumable state before it is terminated. A worker that
+    prints nothing for `silence` seconds is hung (a deadlocked driver, a stuck file system):
+    it is stopped and the run fails with that said, so the queue behind it moves on.
     """
 
     mode = "worker"
@@ -85,8 +100,12 @@ class WorkerJob(Job):
         cwd: str | os.PathLike | None = None,
         on_event: EventSink | None = None,
         cancel_grace: float = 120.0,
+        silence: float | None = None,
     ) -> None:
         super().__init__(config, on_event)
+        self.silence = silence if silence is not None else silence_limit()
+        self._last_output = time.monotonic()
+        self._silenced = ""
         self.python = python
         self.env = dict(env or {})
         self.cwd = cwd
@@ -120,6 +139,23 @@ class WorkerJob(Job):
         threading.Thread(target=self._read_stdout, args=(stderr_reader,), name=f"dreambooth-worker-out-{self.id}",
                          daemon=True).start()
         self._send(config_payload(self.config))
+        if self.silence:
+            self._last_output = time.monotonic()   # the clock starts with the process, not in the queue
+            threading.Thread(target=self._watch, name=f"dreambooth-worker-watch-{self.id}", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Stop the worker once it has been silent for `silence` seconds."""
+        assert self._proc is not None and self.silence
+        while self._proc.poll() is None:
+            quiet = time.monotonic() - self._last_output
+            if quiet >= self.silence:
+                where = f"; its log is kept in {self._state.run_dir}" if self._state.run_dir else ""
+                self._silenced = (f"the worker emitted nothing for {self.silence:g} s and was stopped as hung{where} "
+                                  f"(the limit is {SILENCE_ENV})")
+                self._record(Log("warning", self._silenced))
+                self._stop_process()
+                return
+            time.sleep(min(1.0, self.silence - quiet))
 
     def _fail_to_start(self, message: str) -> None:
         self._record(Error(message, user_error=True))
@@ -141,6 +177,7 @@ class WorkerJob(Job):
         assert self._proc is not None and self._proc.stdout is not None
         try:
             for line in _lines(self._proc.stdout):
+                self._last_output = time.monotonic()
                 event = parse_event_line(line)
                 if event is None:
                     self._record(Log("info", line), keep=False)
@@ -163,12 +200,17 @@ class WorkerJob(Job):
     def _read_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
         for line in _lines(self._proc.stderr):
+            self._last_output = time.monotonic()
             self._stderr_tail.append(line)
             self._record(Log("info", line), keep=False)
 
     def _report_exit(self, code: int) -> None:
         """A worker that exits without a Done event: say why, in words the user can act on."""
         if self._state.finished:
+            return
+        if self._silenced:
+            self._record(Error(self._silenced, user_error=True))
+            self._record(Done(status="failed", run_dir=self._state.run_dir, step=self._state.step))
             return
         if self.cancel_token.cancelled:
             self._record(Log("warning", f"the worker stopped ({_describe_exit(code)}) before confirming the cancel; "
@@ -199,6 +241,12 @@ class WorkerJob(Job):
         if proc is None or proc.poll() is not None:
             return
         self._record(Log("warning", f"the worker did not stop within {self.cancel_grace:g} s of the cancel; terminating it"))
+        self._stop_process()
+
+    def _stop_process(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
         proc.terminate()
         try:
             proc.wait(timeout=10)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import hashlib
 import inspect
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FormatError, OutputExistsError, UserError
 from ..families import Family, get_family
 from ..formats.checkpoint import ldm_state_dict, load_ldm_state, normalized_key_names
-from ..fileio import SafetensorsReader, check_output, load_state_dict, require_file, save_safetensors
+from ..fileio import (SafetensorsReader, check_output, clean_stale_temps, load_state_dict, require_file, save_safetensors,
+                      temp_name, write_failure)
+from ..paths import PathRefused, is_owned, make_owned_folder
 from .base import BaseModel
 from .detect import FAMILY_INDEX_KEY, detect_diffusers_family, detect_family
 from .tokenizers import family_tokenizers, write_tokenizer_folder
@@ -373,14 +373,19 @@ def save_single_file(
 
 @contextlib.contextmanager
 def _atomic_folder(folder: Path, overwrite: bool) -> Iterator[Path]:
-    """A hidden temporary folder beside `folder`, renamed onto it on success."""
+    """A hidden temporary folder beside `folder`, renamed onto it on success. Only a folder
+    this project wrote (its marker inside) is ever replaced."""
     if folder.exists() and not overwrite:
         raise OutputExistsError(f"{folder} already exists: choose another name or pass --overwrite")
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder")
+    if folder.exists() and not is_owned(folder):
+        raise PathRefused(f"{folder} was not written by dreambooth_core, so it is not replaced: choose another name")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    clean_stale_temps(folder.parent)
+    tmp = temp_name(folder)
     try:
+        make_owned_folder(tmp)
         yield tmp
         old = None
         if folder.exists():
@@ -389,9 +394,10 @@ def _atomic_folder(folder: Path, overwrite: bool) -> Iterator[Path]:
         os.replace(tmp, folder)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"disk full while writing {folder}: free space and try again (nothing was overwritten)") from exc
+    except Exception as exc:
+        failure = write_failure(exc, folder, kept="the previous folder is intact")
+        if failure is not None:
+            raise failure from exc
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

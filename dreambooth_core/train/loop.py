@@ -198,6 +198,8 @@ class Trainer:
                           start_step=saved_step(resume) if resume is not None else 0))
         if cfg.resume_from == "latest" and resume is None:
             self.warn(f"no saved state in {rd.state}: starting from step 0")
+        for problem in rd.skipped_states:
+            self.warn(f"{problem}: resuming from the state saved before it")
         if acc.device.type == "cpu":
             from .threads import choose_threads, cpu_threads
 
@@ -240,13 +242,14 @@ class Trainer:
     # ---- set-up ------------------------------------------------------------------------
     def _load_model(self) -> "BaseModel":
         if self.model is None:
+            from ..fileio import unsafe_pickle_requested
             from ..models.loading import load_base_model
 
             from ..methods import get_method
 
             cfg = self.config
             dtypes = get_method(cfg.method).load_dtypes(cfg, WEIGHT_DTYPES[cfg.mixed_precision])
-            self.model = load_base_model(cfg.base_model, family=cfg.family, dtype=dtypes)
+            self.model = load_base_model(cfg.base_model, family=cfg.family, dtype=dtypes, unsafe_pickle=unsafe_pickle_requested())
         for module in (self.model.unet, self.model.vae, *self.model.text_encoders):
             module.to(self.acc.device)
         return self.model

@@ -18,12 +18,13 @@ import datetime
 import io
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OutputExistsError, UserError
-from ..fileio import write_bytes_atomic, write_text_atomic
-from .state import state_dirs
+from ..fileio import clean_stale_temps, write_bytes_atomic, write_text_atomic
+from ..paths import PathRefused, is_owned, make_owned_folder
+from .state import DamagedState, damage, state_dirs
 
 LOSS_COLUMNS = ("step", "loss", "instance_loss", "prior_loss", "lr")
 
@@ -31,6 +32,7 @@ LOSS_COLUMNS = ("step", "loss", "instance_loss", "prior_loss", "lr")
 @dataclass
 class RunDir:
     root: Path
+    skipped_states: list[str] = field(default_factory=list)   # damaged states `latest` passed over
 
     @property
     def outputs(self) -> Path:
@@ -66,7 +68,14 @@ class RunDir:
             return None
         if resume_from == "latest":
             found = state_dirs(self.state)
-            return found[-1] if found else None
+            for folder in reversed(found):   # newest first; a damaged one gives way to the one before
+                problem = damage(folder)
+                if problem is None:
+                    return folder
+                self.skipped_states.append(problem)
+            if found:
+                raise DamagedState(f"no saved state can be resumed: {self.skipped_states[0]}; start a new run with overwrite")
+            return None
         p = Path(resume_from)
         if (p / "state.json").is_file():
             return p
@@ -94,13 +103,18 @@ class RunDir:
     def create(self, clear: bool) -> None:
         """Make the folders; `clear` removes an earlier run's states, samples, log and loss history
         (its outputs are only replaced when new ones of the same name are written)."""
-        if clear:
+        if clear and self.root.exists():
+            if not is_owned(self.root):  # only a run folder this project made is ever cleared
+                raise PathRefused(f"{self.root} was not made by dreambooth_core, so its state/ and samples/ are not "
+                                  "deleted: choose another output_name")
             for sub in (self.state, self.samples):
                 shutil.rmtree(sub, ignore_errors=True)
             for f in (self.loss_csv, self.loss_png, self.log_file):
                 f.unlink(missing_ok=True)
+        make_owned_folder(self.root)
         for sub in (self.outputs, self.samples, self.state):
             sub.mkdir(parents=True, exist_ok=True)
+            clean_stale_temps(sub)   # what a killed save left behind
 
     def write_config(self, values: dict) -> None:
         write_text_atomic(self.root / "config.json", json.dumps(values, indent=2, default=str) + "\n")

@@ -13,17 +13,17 @@ would pick up; the previous state stays intact.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from ..fileio import UnsafePickle, clean_stale_temps, load_pickled, temp_name, torch_save, write_failure
+from ..paths import is_owned
 
 if TYPE_CHECKING:
     import torch
@@ -91,25 +91,26 @@ def _tupled(value: Any) -> Any:
 
 def save_state(root: Path, state: TrainingState) -> Path:
     """Write `root/step-N/` atomically and prune older states; returns the folder."""
-    import torch
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
     if final.exists():  # e.g. a checkpoint step that is also the last step
         return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{state.step}.", suffix=".tmp", dir=root))
+    clean_stale_temps(root)
+    tmp = temp_name(final)
     try:
+        tmp.mkdir()
         save_file({k: v.detach().to("cpu").contiguous() for k, v in state.weights.items()}, str(tmp / "trainable.safetensors"))
-        torch.save(state.optimizer, tmp / "optimizer.pt")
-        torch.save(state.scheduler, tmp / "scheduler.pt")
+        torch_save(state.optimizer, tmp / "optimizer.pt")
+        torch_save(state.scheduler, tmp / "scheduler.pt")
         meta = {"step": state.step, "micro_step": state.micro_step, "rng": state.rng, "settings": state.settings}
         (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
         os.replace(tmp, final)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"disk full while saving the training state for step {state.step}: free space in {root} "
-                            "(the previous state is intact)") from exc
+    except Exception as exc:
+        failure = write_failure(exc, tmp, kept="the previous state is intact")
+        if failure is not None:
+            raise failure from exc
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,19 +128,75 @@ def saved_step(folder: Path) -> int:
 
 
 def load_state(folder: Path) -> TrainingState:
-    import torch
+    """The state in `folder`; a UserError naming the damaged file if any part cannot be read."""
     from safetensors.torch import load_file
 
     if not (folder / "state.json").is_file():
         raise UserError(f"{folder} is not a training state folder (no state.json): give a state/step-N folder or 'latest'")
+    parts = {"state.json": lambda p: _read_meta(p), "trainable.safetensors": lambda p: load_file(str(p)),
+             "optimizer.pt": lambda p: load_pickled(p, "training state file", written_here=_ours(folder)),
+             "scheduler.pt": lambda p: load_pickled(p, "training state file", written_here=_ours(folder))}
+    read = {}
+    for name, reader in parts.items():
+        try:
+            read[name] = reader(folder / name)
+        except UnsafePickle:
+            raise
+        except Exception as exc:  # safetensors, pickle and torch each raise their own types for a damaged file
+            raise DamagedState(f"{folder / name} is damaged ({type(exc).__name__}: {str(exc)[:200]}); resume from "
+                               "an earlier state or start a new run") from exc
+    meta = read["state.json"]
+    return TrainingState(meta["step"], meta["micro_step"], read["trainable.safetensors"], read["optimizer.pt"],
+                         read["scheduler.pt"], meta["rng"], meta["settings"])
+
+
+def _ours(folder: Path) -> bool:
+    """A state inside a run folder this project made may be read even by an old torch: we
+    wrote its pickles (tensors and plain values only), nobody handed them in."""
+    return is_owned(folder.parent.parent)
+
+
+class DamagedState(UserError):
+    """A state folder with a file that cannot be read back."""
+
+
+STATE_KEYS = ("step", "micro_step", "rng", "settings")
+
+
+def damage(folder: Path) -> str | None:
+    """Why the state in `folder` cannot be resumed (its damaged file named), or None, without
+    loading its tensors: state.json's keys, the safetensors header against the file's size,
+    and the zip records of the torch files."""
+    import struct
+    import zipfile
+
+    name = "state.json"
     try:
-        meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        weights = load_file(str(folder / "trainable.safetensors"))
-        optimizer = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-        scheduler = torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"training state {folder} could not be read ({exc}); resume from an earlier state or start a new run") from exc
-    return TrainingState(meta["step"], meta["micro_step"], weights, optimizer, scheduler, meta["rng"], meta["settings"])
+        _read_meta(folder / name)
+        name = "trainable.safetensors"
+        path = folder / name
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        end = max([v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"], default=0)
+        if path.stat().st_size != 8 + size + end:
+            raise ValueError(f"{path.stat().st_size} bytes where the header says {8 + size + end}: cut short")
+        for name in ("optimizer.pt", "scheduler.pt"):
+            with zipfile.ZipFile(folder / name) as z:
+                bad = z.testzip()
+            if bad is not None:
+                raise ValueError(f"record {bad} is corrupt")
+    except Exception as exc:  # any of json, struct, zipfile, OS errors: the file is not what was saved
+        return f"{folder / name} is damaged ({type(exc).__name__}: {str(exc)[:200]})"
+    return None
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    missing = [k for k in STATE_KEYS if not isinstance(meta, dict) or k not in meta]
+    if missing or not isinstance(meta["step"], int) or not isinstance(meta["settings"], dict):
+        raise ValueError(f"missing or wrong keys: {', '.join(missing) or 'step/settings'}")
+    return meta
 
 
 def resume_settings(config) -> dict[str, Any]:

@@ -17,9 +17,10 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-from dreambooth_core.config import load_config
+from dreambooth_core.config import PATH_KEYS, check_client_limits, load_config
+from dreambooth_core.delivery import check_destination
 from dreambooth_core.errors import OutputExistsError, UserError
-from dreambooth_core.jobs.worker import PATH_KEYS
+from dreambooth_core.paths import OutsideRoots, contained
 
 from . import host
 from .session import Session
@@ -42,20 +43,29 @@ class RunsApi:
                 ("GET", "/runs/{run_id}/events", self.events), ("POST", "/runs/{run_id}/cancel", self.cancel)]
 
     def start(self, body: Dict[str, Any]) -> dict:
-        settings = body.get("config", {})
-        if not isinstance(settings, dict) or set(body) - {"config", "preset"}:
+        settings = body.get("config", {}) if isinstance(body, dict) else None
+        if not isinstance(settings, dict) or set(body) - {"config", "preset"} or \
+                not isinstance(body.get("preset", ""), (str, type(None))):
             raise ApiError(400, 'send {"preset": NAME (optional), "config": {TrainConfig keys}}')
         settings = dict(settings)
         settings.setdefault("output_dir", str(host.runs_dir()))
         base = settings.get("base_model")
-        if base and not Path(str(base)).is_absolute():  # a checkpoint as the WebUI lists it
-            settings["base_model"] = host.checkpoint_file(str(base))
+        if isinstance(base, str) and base and not base.startswith("~") and not Path(base).is_absolute():
+            settings["base_model"] = host.checkpoint_file(base)  # a checkpoint as the WebUI lists it
         for key in PATH_KEYS:
             value = settings.get(key)
-            if value and not (key == "resume_from" and value == "latest") and not host.is_allowed(value):
-                raise ApiError(403, f"{key}: {value} is outside the folders this API may use "
-                                    "(the WebUI's data and model folders and the DreamBooth runs folder)")
-        config = load_config(preset=body.get("preset"), overrides=settings)
+            if value in (None, "") or (key == "resume_from" and value == "latest"):
+                continue
+            try:
+                settings[key] = str(contained(value, key, host.allowed_roots(), base=host.data_path(),
+                                              anywhere=host.any_folder(), setting_hint=host.SETTING_HINT))
+            except OutsideRoots as exc:
+                raise ApiError(403, str(exc)) from None
+        config = check_client_limits(load_config(preset=body.get("preset"), overrides=settings))
+        if config.overwrite:   # replacing a file in the WebUI's folders is the operator's choice, made in the tab
+            config.overwrite = False
+            check_destination(config, host.output_folders())
+            config.overwrite = True
         return self.session.manager.status_dict(self.session.start(config))
 
     def list_runs(self) -> dict:

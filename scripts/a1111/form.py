@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS, PRESETS, TrainConfig, config_from_dict,
-                                    load_config)
+from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS, PRESETS, TrainConfig, check_client_limits,
+                                    config_from_dict, load_config)
 from dreambooth_core.data.images import IMAGE_SUFFIXES
 from dreambooth_core.errors import OutputExistsError, UserError
+from dreambooth_core.paths import MARKER, contained, real_path, remove_owned_folder, safe_name
 from dreambooth_core.train.run_dir import RunDir
 
 from . import host
@@ -106,7 +107,11 @@ class Form:
 
     @property
     def name(self) -> str:
-        return self.text("output_name") or TrainConfig(token=self.text("token") or "zwx", class_noun=self.text("class_noun")).name
+        """The run's name, checked to be one plain file name (it names folders that get replaced)."""
+        if self.text("output_name"):
+            return safe_name(self.text("output_name"), "output name")
+        derived = TrainConfig(token=self.text("token") or "zwx", class_noun=self.text("class_noun")).name
+        return safe_name(derived, "the name made from token and class noun (or type an output name)")
 
 
 def uploaded_paths(uploads: Any) -> list[Path]:
@@ -126,18 +131,26 @@ def instance_images(form: Form, runs: Path) -> Path:
     if form.values.get("uploads") and not uploads:
         raise UserError(f"none of the uploaded files is an image ({', '.join(IMAGE_SUFFIXES)})")
     if uploads:
-        dest = runs / "datasets" / form.name
+        name = form.name
+        dest = runs / "datasets" / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{form.name}.", dir=dest.parent))
-        for i, src in enumerate(uploads):
-            shutil.copyfile(src, staging / f"{i:03d}_{src.name}")
-        shutil.rmtree(dest, ignore_errors=True)
-        staging.rename(dest)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest.parent))
+        try:
+            (staging / MARKER).touch()   # only a folder holding this marker is ever replaced
+            for i, src in enumerate(uploads):
+                shutil.copyfile(src, staging / f"{i:03d}_{src.name}")
+            remove_owned_folder(dest)
+            staging.rename(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already when renamed
         return dest
     typed = form.text("images_dir")
     if not typed:
         raise UserError("give the folder with your subject's photos, or upload them")
-    folder = Path(typed).expanduser()
+    if host.non_local() and not host.any_folder():   # anyone on the network can type here
+        folder = contained(typed, "image folder", host.allowed_roots(), base=host.data_path(), setting_hint=host.SETTING_HINT)
+    else:
+        folder = real_path(typed, "image folder")
     if not folder.is_dir():
         raise UserError(f"the image folder {folder} does not exist")
     if not image_files(folder):
@@ -173,7 +186,7 @@ def build_config(form: Form, resume: bool = False) -> TrainConfig:
     overrides["instance_data_dir"] = str(instance_images(form, runs))
     if resume:
         overrides["resume_from"] = "latest"
-    config = load_config(preset=preset, overrides=overrides)
+    config = check_client_limits(load_config(preset=preset, overrides=overrides))
     check_run_folder(config, resume)
     return config
 

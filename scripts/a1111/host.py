@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dreambooth_core.environment import default_worker_python
 from dreambooth_core.errors import UserError
+from dreambooth_core.paths import is_inside
 
 EXT_ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("checkpoint", "lora", "embedding", "hypernetwork")
@@ -22,6 +23,9 @@ WORKER_PYTHON = "dreambooth_core_worker_python"
 RUNS_DIR = "dreambooth_core_runs_dir"
 DEFAULT_PRESET = "dreambooth_core_default_preset"
 UNLOAD_MODEL = "dreambooth_core_unload_model"
+ANY_FOLDER = "dreambooth_core_any_folder"   # registered with restrict_api: the API cannot turn it on
+SETTING_HINT = ("the WebUI's operator may allow other folders in Settings → DreamBooth "
+                "(\"Let clients use folders outside the WebUI's own\"), which the API cannot change")
 FOLDER_OPTIONS = {kind: f"dreambooth_core_{kind}_dir" for kind in KINDS}
 
 
@@ -86,8 +90,7 @@ def output_folders() -> dict[str, Path]:
 
 
 def is_scanned(kind: str, path: str | os.PathLike) -> bool:
-    target = os.path.realpath(path)
-    return any(_inside(target, os.path.realpath(folder)) for folder in scanned_folders(kind))
+    return any(is_inside(path, folder) for folder in scanned_folders(kind))
 
 
 def allowed_roots() -> list[Path]:
@@ -101,16 +104,16 @@ def allowed_roots() -> list[Path]:
     return list(dict.fromkeys(roots))
 
 
-def _inside(path: str, root: str) -> bool:
-    try:
-        return os.path.commonpath([path, root]) == root
-    except ValueError:  # different drives
-        return False
+def any_folder() -> bool:
+    """The operator's choice (Settings, never the API) to let clients use any absolute path."""
+    return bool(option(ANY_FOLDER, False))
 
 
-def is_allowed(path: str | os.PathLike) -> bool:
-    target = os.path.realpath(path)
-    return any(_inside(target, os.path.realpath(root)) for root in allowed_roots())
+def non_local() -> bool:
+    """Whether others can reach this WebUI (--listen, --share, --ngrok, --server-name), as the WebUI decides it."""
+    from modules import shared
+
+    return bool(getattr(shared.cmd_opts, "webui_is_non_local", False))
 
 
 # ---- checkpoints ----------------------------------------------------------------------------

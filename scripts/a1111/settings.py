@@ -21,5 +21,9 @@ def on_ui_settings() -> None:
     add(host.RUNS_DIR, "", "Folder for training runs (states, samples, logs)", "empty: outputs/dreambooth_core")
     add(host.DEFAULT_PRESET, "lora", "Default preset", component=gr.Dropdown, component_args={"choices": list(PRESETS)})
     add(host.UNLOAD_MODEL, True, "Move the WebUI's model off the GPU while training")
+    add(host.ANY_FOLDER, False, "Let clients use folders outside the WebUI's own",
+        "off: paths sent to /dreambooth/v1, and image folders typed in the tab while the WebUI is shared "
+        "(--listen, --share), must lie in the WebUI's data, model and runs folders (the API cannot change this)",
+        restrict_api=True)
     for kind in host.KINDS:
         add(host.FOLDER_OPTIONS[kind], "", f"Folder for trained {kind} files", "empty: the WebUI's own folder")

@@ -8,6 +8,7 @@ class OptionInfo:
                  refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
                  category_id=None):
         self.default, self.label, self.section = default, label, section
+        self.restrict_api = restrict_api
         self.component, self.component_args = component, component_args
         self.explanations = []   # what .info() added, in order
 
@@ -38,8 +39,11 @@ class Options:
         self.data.setdefault(key, info.default)
 
     def set(self, key, value, is_api=False, run_callbacks=True):
-        """Stores a value for a known setting; False (and nothing stored) for an unknown one."""
+        """Stores a value for a known setting; False (and nothing stored) for an unknown one, or
+        for one registered with restrict_api when the change comes through the API (as the WebUI's /sdapi/v1/options)."""
         known = key in self.data_labels or key in self.data
+        if known and is_api and getattr(self.data_labels.get(key), "restrict_api", False):
+            return False
         if known:
             self.data[key] = value
         return known

@@ -41,9 +41,11 @@ def run(config, emit, cancel) -> None:
     emit(Started(run_dir=str(run.root), method=config.method, total_steps=total, start_step=start))
     for step in range(start + 1, total + 1):
         if cancel.cancelled:
-            folder = run.state / f"step-{step - 1}"
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "state.json").write_text("{}")
+            import torch
+
+            from dreambooth_core.train.state import TrainingState, save_state
+
+            folder = save_state(run.state, TrainingState(step - 1, step - 1, {"w": torch.zeros(1)}, {}, {}, {}, {}))
             run.append_loss({"step": step - 1, "loss": 1.0 / max(1, step - 1)})
             emit(Artifact(kind="state", path=str(folder), name=folder.name, final=False))
             emit(Done(status="cancelled", run_dir=str(run.root), step=step - 1))
