@@ -57,8 +57,19 @@ class TrainConfig:
     resolution: int | None = None        # default: the family's native resolution
     center_crop: bool = False
     random_flip: bool = False
-    enable_bucketing: bool = False
+    enable_bucketing: bool = True        # aspect-ratio buckets (data/buckets.py); off: one square crop
+    bucket_no_upscale: bool = True       # an image smaller than the resolution trains at its own size
     cache_latents: bool = True
+
+    # captions and text encoding (data/captions.py, data/long_prompts.py)
+    caption_extension: str = ""          # default: .txt, then .caption
+    shuffle_caption: bool = False
+    caption_separator: str = ","
+    keep_tokens: int = 0                 # leading tags never shuffled or dropped
+    caption_dropout_rate: float = 0.0
+    tag_dropout_rate: float = 0.0
+    max_token_length: int = 225          # 75, 150 or 225: prompts are encoded in 75-token chunks
+    clip_skip: int = 1
 
     # optimisation
     train_batch_size: int = 1
@@ -176,6 +187,7 @@ class TrainConfig:
         for key in ("lr_warmup_steps", "checkpointing_steps", "validation_steps", "conv_rank", "noise_offset", "num_validation_images", "adam_weight_decay"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative (got {getattr(self, key)})")
+        self._validate_captions()
         if self.with_prior_preservation and self.num_class_images <= 0:
             raise ConfigError("num_class_images must be greater than 0 when with_prior_preservation is on")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
@@ -205,6 +217,33 @@ class TrainConfig:
             if self.resume_from not in (None, "", "latest") and not Path(self.resume_from).exists():
                 raise ConfigError(f"resume_from not found: {self.resume_from} (use 'latest' or a state folder of an earlier run)")
         return self
+
+    def _validate_captions(self) -> None:
+        from .data.long_prompts import MAX_TOKEN_LENGTHS
+
+        choice("max_token_length", self.max_token_length, MAX_TOKEN_LENGTHS)
+        for key in ("caption_dropout_rate", "tag_dropout_rate"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be between 0 and 1 (got {getattr(self, key)})")
+        if self.keep_tokens < 0 or self.clip_skip < 1:
+            raise ConfigError(f"keep_tokens must be 0 or more and clip_skip 1 or more (got {self.keep_tokens}, {self.clip_skip})")
+        if not self.caption_separator.strip():
+            raise ConfigError("caption_separator must not be empty or blank (the usual one is ',')")
+        if self.caption_extension and not self.caption_extension.startswith("."):
+            raise ConfigError(f"caption_extension must start with a dot, e.g. '.txt' (got {self.caption_extension!r})")
+
+    @property
+    def caption_options(self):
+        from .data.captions import CaptionOptions
+
+        return CaptionOptions(self.shuffle_caption, self.caption_separator, self.keep_tokens,
+                              self.caption_dropout_rate, self.tag_dropout_rate)
+
+    @property
+    def text_encoding(self):
+        from .train.prompts import TextEncoding
+
+        return TextEncoding(self.max_token_length, self.clip_skip)
 
 
 def choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .buckets import Size, make_buckets, nearest_bucket
+from .buckets import Size, assign_bucket, make_buckets
+from .captions import CaptionOptions, vary_caption
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,6 +49,7 @@ class Example:
     is_class: bool
     size: Size            # original (width, height), EXIF-rotated
     bucket: Size          # (width, height) it is trained at
+    captioned: bool = False  # the prompt is a caption that caption options may vary
 
 
 def caption_prompt(caption: str | None, instance_prompt: str, token: str, class_noun: str) -> str:
@@ -68,13 +70,15 @@ def make_examples(
     is_class: bool,
     resolution: int,
     bucketing: bool,
+    no_upscale: bool = False,
 ) -> list[Example]:
     """Examples from `data.images.ImageRecord`s; sizes are read from headers only."""
     buckets = make_buckets(resolution) if bucketing else [(resolution, resolution)]
     out = []
     for rec in records:
         size = image_size(rec.path)
-        out.append(Example(Path(rec.path), prompt_of(rec), is_class, size, nearest_bucket(size, buckets)))
+        bucket = assign_bucket(size, resolution, buckets, no_upscale) if bucketing else buckets[0]
+        out.append(Example(Path(rec.path), prompt_of(rec), is_class, size, bucket, captioned=not is_class))
     return out
 
 
@@ -136,7 +140,8 @@ def prepare_image(image: "Image.Image", bucket: Size, center_crop: bool, flip: b
     w, h = image.size
     scale = max(bw / w, bh / h)
     rw, rh = max(bw, round(w * scale)), max(bh, round(h * scale))
-    image = image.resize((rw, rh), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+    if (rw, rh) != (w, h):
+        image = image.resize((rw, rh), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
     if center_crop:
         top, left = (rh - bh) // 2, (rw - bw) // 2
     else:
@@ -195,7 +200,9 @@ class TrainingData:
         seed: int,
         center_crop: bool,
         random_flip: bool,
+        captions: CaptionOptions = CaptionOptions(),
     ):
+        self.captions = captions
         self.batch_size = batch_size
         self.global_batch = batch_size * num_processes
         self.seed = seed
@@ -208,6 +215,13 @@ class TrainingData:
     @property
     def prompts(self) -> list[str]:
         return sorted({e.prompt for s in self.sets.values() for e in s.examples})
+
+    def prompt(self, role: str, m: int, item: "Item") -> str:
+        """The prompt of `item` in micro-batch m: its caption as the caption options vary it
+        for this (seed, role, m, slot)."""
+        if not (item.example.captioned and self.captions.varies):
+            return item.example.prompt
+        return vary_caption(item.example.prompt, self.captions, numpy_rng(self.seed, role, "caption", m, item.slot))
 
     @property
     def has_class(self) -> bool:

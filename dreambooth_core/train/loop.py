@@ -247,7 +247,8 @@ class Trainer:
         from ..data.images import scan_images
 
         cfg = self.config
-        instance = scan_images(cfg.instance_data_dir, warn=self.warn, min_size=min(self.resolution, 256))
+        instance = scan_images(cfg.instance_data_dir, warn=self.warn, min_size=min(self.resolution, 256),
+                               caption_extension=cfg.caption_extension)
         if not cfg.with_prior_preservation:
             return instance, []
         folder = self._class_images(model)
@@ -283,22 +284,32 @@ class Trainer:
         instance_prompt = cfg.instance_prompt_text
         instances = make_examples(
             instance_records, lambda r: caption_prompt(r.caption, instance_prompt, cfg.token, cfg.class_noun),
-            False, self.resolution, cfg.enable_bucketing,
+            False, self.resolution, cfg.enable_bucketing, cfg.bucket_no_upscale,
         )
-        classes = make_examples(class_records, lambda r: cfg.class_prompt_text, True, self.resolution, cfg.enable_bucketing)
-        data = TrainingData(instances, classes, cfg.train_batch_size, self.acc.num_processes, cfg.seed, cfg.center_crop, cfg.random_flip)
+        classes = make_examples(class_records, lambda r: cfg.class_prompt_text, True, self.resolution, cfg.enable_bucketing,
+                                cfg.bucket_no_upscale)
+        data = TrainingData(instances, classes, cfg.train_batch_size, self.acc.num_processes, cfg.seed, cfg.center_crop, cfg.random_flip,
+                            captions=cfg.caption_options)
         self.info(f"{len(instances)} instance image(s){f', {len(classes)} class image(s)' if classes else ''}, "
                   f"{self.acc.num_processes} process(es), batch {cfg.train_batch_size} per process")
+        self._report_buckets(data)
         self.noise_scheduler = model.noise_scheduler()
         vae = model.vae
         self.latent_scale = vae.config.scaling_factor
         self.latent_shift = getattr(vae.config, "shift_factor", None) or 0.0
         if cfg.cache_latents:
             data.build_latent_cache(self._encode_pixels, self._caching_progress)
-        self.prompts = PromptCache(model.tokenizers, data.prompts, transform=method.prompt)
+        self.prompts = PromptCache(model.tokenizers, data.prompts, transform=method.prompt, encoding=cfg.text_encoding)
         if not method.trains_text_encoder:
-            self.prompts.freeze(model.text_encoders, model.family)
+            # varied captions are encoded as they are drawn (each variant is seen about once)
+            self.prompts.freeze(model.text_encoders, model.family, precompute=not data.captions.varies)
         return data
+
+    def _report_buckets(self, data: TrainingData) -> None:
+        from ..data.buckets import bucket_table
+
+        for s in data.sets.values():
+            self.info(f"{s.role} buckets (width x height: images): {bucket_table([e.bucket for e in s.examples])}")
 
     def _caching_progress(self, done: int, total: int) -> None:
         self.emit(Progress(phase="caching", step=done, total=total))
@@ -487,7 +498,7 @@ class Trainer:
         latents_t = ((torch.stack(latents) - self.latent_shift) * self.latent_scale).to(device)
         noise_t = torch.stack(noise).to(device)
         t = torch.tensor(timesteps, device=device, dtype=torch.long)
-        embeds = self.prompts.get([it.example.prompt for it in items], model.text_encoders, model.family)
+        embeds = self.prompts.get([self.data.prompt(role, m, it) for it in items], model.text_encoders, model.family)
         dtype = self.weight_dtype
         return {
             "noisy": scheduler.add_noise(latents_t, noise_t, t).to(dtype),
