@@ -274,5 +274,5 @@ def test_bucketing_is_on_by_default_and_the_table_is_reported(tmp_path):
     result, rec, _ = train(cfg)
     assert result.status == "completed"
     table = next(e.message for e in rec.of("log") if e.message.startswith("instance buckets"))
-    entries = table.split(": ", 1)[1].split(", ")
+    entries = table.split("images): ", 1)[1].split(", ")
     assert "48x40: 2" in entries and len(entries) == 2, table     # the portrait one has a bucket of its own
