@@ -276,3 +276,24 @@ def test_bucketing_is_on_by_default_and_the_table_is_reported(tmp_path):
     table = next(e.message for e in rec.of("log") if e.message.startswith("instance buckets"))
     entries = table.split("images): ", 1)[1].split(", ")
     assert "48x40: 2" in entries and len(entries) == 2, table     # the portrait one has a bucket of its own
+
+
+# ---- validation and class images use the same encoding ---------------------------------------
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_sampling_encodes_long_prompts_in_chunks_and_short_ones_as_before(family):
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.sample import build_pipeline, generate, prompt_inputs
+    from dreambooth_core.train.prompts import TextEncoding
+
+    model = tiny_base_model(family)
+    long = long_caption(model.tokenizers[0], 120)
+
+    def draw(prompt, encoding):
+        return np.asarray(generate(model, [prompt], steps=2, width=64, height=64, encoding=encoding)[0], dtype=np.int16)
+
+    assert prompt_inputs(model, build_pipeline(model), ["a photo"], "", TextEncoding()) is None   # the pipeline's own path
+    inputs = prompt_inputs(model, build_pipeline(model), [long], "", TextEncoding())
+    assert inputs["prompt_embeds"].shape[1] == inputs["negative_prompt_embeds"].shape[1] == 2 * 77
+    assert np.array_equal(draw("a photo", TextEncoding()), draw("a photo", None))
+    assert not np.array_equal(draw(long, TextEncoding(225)), draw(long, TextEncoding(75)))
+    assert not np.array_equal(draw("a photo", TextEncoding(clip_skip=3)), draw("a photo", None))

@@ -645,7 +645,7 @@ class Trainer:
                 with self.acc.autocast():
                     generate(self.model, [self.method.prompt(prompt)] * n, cfg.negative_prompt, cfg.validation_inference_steps,
                              cfg.guidance_scale, seed=cfg.seed, sampler=cfg.validation_scheduler,
-                             width=self.resolution, height=self.resolution, on_image=save)
+                             width=self.resolution, height=self.resolution, on_image=save, encoding=cfg.text_encoding)
             grid = self.run_dir.samples / f"step-{self.step:06d}-grid.png"
             image_grid(images, cols=len(prompts)).save(grid)
             self._announce(Artifact(kind="samples", path=str(grid), name=grid.name, final=False))
