@@ -44,6 +44,10 @@ class TrainConfig:
     instance_prompt: str = "a photo of {token} {class_noun}"
     class_prompt: str = "a photo of {class_noun}"
 
+    # several concepts (data/concepts.py); empty: the one concept above
+    concepts: list[dict[str, Any]] = field(default_factory=list)
+    dataset_config: str = ""             # a kohya dataset TOML, read into concepts and bucket settings
+
     # prior preservation
     with_prior_preservation: bool = False
     prior_loss_weight: float = 1.0
@@ -162,7 +166,12 @@ class TrainConfig:
 
     # ---- validation -----------------------------------------------------------------
     def validate(self, check_paths: bool = True) -> "TrainConfig":
-        """Raise ConfigError naming the key and what to do; return self when all is well."""
+        """Raise ConfigError naming the key and what to do; return self when all is well
+        (with a kohya `dataset_config` read in: then a new config)."""
+        if self.dataset_config:
+            from .data.concepts import apply_dataset_config
+
+            return apply_dataset_config(self).validate(check_paths)
         choice("method", self.method, METHODS)
         choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -188,6 +197,10 @@ class TrainConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative (got {getattr(self, key)})")
         self._validate_captions()
+        if self.concepts:
+            from .data.concepts import validate_concepts
+
+            validate_concepts(self, check_paths)
         if self.with_prior_preservation and self.num_class_images <= 0:
             raise ConfigError("num_class_images must be greater than 0 when with_prior_preservation is on")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
@@ -196,7 +209,7 @@ class TrainConfig:
             raise ConfigError(f"snr_gamma must be greater than 0, or left unset (got {self.snr_gamma})")
         if not self.token.strip() or any(c.isspace() for c in self.token.strip()):
             raise ConfigError(f"token must be one word such as 'zwx' (got {self.token!r})")
-        if self.method in ("dreambooth", "lora") and self.with_prior_preservation and not self.class_noun.strip():
+        if self.method in ("dreambooth", "lora") and self.with_prior_preservation and not self.class_noun.strip() and not self.concepts:
             raise ConfigError("class_noun is needed for prior preservation: name the class of your subject, e.g. 'dog'")
         if self.method == "hypernetwork" and (len(self.layer_structure) < 2 or self.layer_structure[0] != 1 or self.layer_structure[-1] != 1):
             raise ConfigError(f"layer_structure must start and end with 1, e.g. [1, 2, 1] (got {self.layer_structure})")
@@ -210,9 +223,9 @@ class TrainConfig:
                 raise ConfigError("base_model is not set: give a .safetensors/.ckpt checkpoint or a diffusers folder")
             if not Path(self.base_model).exists():
                 raise ConfigError(f"base_model not found: {self.base_model}")
-            if not self.instance_data_dir:
+            if not self.instance_data_dir and not self.concepts:
                 raise ConfigError("instance_data_dir is not set: give the folder with your subject's images")
-            if not Path(self.instance_data_dir).is_dir():
+            if not self.concepts and not Path(self.instance_data_dir).is_dir():
                 raise ConfigError(f"instance_data_dir is not a folder: {self.instance_data_dir}")
             if self.resume_from not in (None, "", "latest") and not Path(self.resume_from).exists():
                 raise ConfigError(f"resume_from not found: {self.resume_from} (use 'latest' or a state folder of an earlier run)")

@@ -72,11 +72,11 @@ def test_other_separators_and_keep_tokens_beyond_the_tags():
 def test_varied_prompts_are_the_same_for_any_number_of_processes(tmp_path):
     from dreambooth_core.data.dataset import Example, TrainingData
 
-    examples = [Example(Path(f"{i}.png"), f"zwx, tag{i}a, tag{i}b, tag{i}c", False, (64, 64), (64, 64), captioned=True)
-                for i in range(4)]
     opts = CaptionOptions(shuffle=True, keep_tokens=1, tag_dropout_rate=0.2)
-    one = TrainingData(examples, [], 4, 1, 5, True, False, captions=opts)
-    two = TrainingData(examples, [], 2, 2, 5, True, False, captions=opts)
+    examples = [Example(Path(f"{i}.png"), f"zwx, tag{i}a, tag{i}b, tag{i}c", False, (64, 64), (64, 64), captions=opts)
+                for i in range(4)]
+    one = TrainingData(examples, [], 4, 1, 5, True, False)
+    two = TrainingData(examples, [], 2, 2, 5, True, False)
     for m in range(3):
         whole = [one.prompt("instance", m, it) for it in one.items("instance", m, 0)]
         halves = [two.prompt("instance", m, it) for p in range(2) for it in two.items("instance", m, p)]

@@ -49,7 +49,9 @@ class Example:
     is_class: bool
     size: Size            # original (width, height), EXIF-rotated
     bucket: Size          # (width, height) it is trained at
-    captioned: bool = False  # the prompt is a caption that caption options may vary
+    captions: CaptionOptions | None = None  # how the prompt (a caption) varies per step; None: fixed
+    repeats: int = 1      # times seen per epoch (its concept's repeats)
+    weight: float = 1.0   # loss weight (a class image: its concept's prior weight)
 
 
 def caption_prompt(caption: str | None, instance_prompt: str, token: str, class_noun: str) -> str:
@@ -71,6 +73,9 @@ def make_examples(
     resolution: int,
     bucketing: bool,
     no_upscale: bool = False,
+    captions: CaptionOptions | None = None,
+    repeats: int = 1,
+    weight: float = 1.0,
 ) -> list[Example]:
     """Examples from `data.images.ImageRecord`s; sizes are read from headers only."""
     buckets = make_buckets(resolution) if bucketing else [(resolution, resolution)]
@@ -78,7 +83,7 @@ def make_examples(
     for rec in records:
         size = image_size(rec.path)
         bucket = assign_bucket(size, resolution, buckets, no_upscale) if bucketing else buckets[0]
-        out.append(Example(Path(rec.path), prompt_of(rec), is_class, size, bucket, captioned=not is_class))
+        out.append(Example(Path(rec.path), prompt_of(rec), is_class, size, bucket, captions, repeats, weight))
     return out
 
 
@@ -98,14 +103,14 @@ class BatchPlan:
     """Which examples fill global micro-batch m: per epoch, each bucket's images are shuffled
     and padded (by repeating) to whole global batches, and the batches are shuffled."""
 
-    def __init__(self, buckets: list[Size], global_batch: int, seed: int, role: str):
+    def __init__(self, buckets: list[Size], global_batch: int, seed: int, role: str, repeats: list[int] | None = None):
         self.buckets = buckets
         self.global_batch = global_batch
         self.seed = seed
         self.role = role
         groups: dict[Size, list[int]] = {}
         for i, b in enumerate(buckets):
-            groups.setdefault(b, []).append(i)
+            groups.setdefault(b, []).extend([i] * (repeats[i] if repeats else 1))
         self.groups = [groups[k] for k in sorted(groups)]
         self.batches_per_epoch = sum(-(-len(g) // global_batch) for g in self.groups)
 
@@ -200,17 +205,15 @@ class TrainingData:
         seed: int,
         center_crop: bool,
         random_flip: bool,
-        captions: CaptionOptions = CaptionOptions(),
     ):
-        self.captions = captions
         self.batch_size = batch_size
         self.global_batch = batch_size * num_processes
         self.seed = seed
         self.center_crop = center_crop
         self.random_flip = random_flip
-        self.sets = {"instance": ExampleSet("instance", instances, BatchPlan([e.bucket for e in instances], self.global_batch, seed, "instance"))}
-        if classes:
-            self.sets["class"] = ExampleSet("class", classes, BatchPlan([e.bucket for e in classes], self.global_batch, seed, "class"))
+        self.sets = {role: ExampleSet(role, examples, BatchPlan([e.bucket for e in examples], self.global_batch, seed, role,
+                                                              [e.repeats for e in examples]))
+                     for role, examples in (("instance", instances), ("class", classes)) if examples or role == "instance"}
 
     @property
     def prompts(self) -> list[str]:
@@ -219,9 +222,14 @@ class TrainingData:
     def prompt(self, role: str, m: int, item: "Item") -> str:
         """The prompt of `item` in micro-batch m: its caption as the caption options vary it
         for this (seed, role, m, slot)."""
-        if not (item.example.captioned and self.captions.varies):
+        options = item.example.captions
+        if options is None or not options.varies:
             return item.example.prompt
-        return vary_caption(item.example.prompt, self.captions, numpy_rng(self.seed, role, "caption", m, item.slot))
+        return vary_caption(item.example.prompt, options, numpy_rng(self.seed, role, "caption", m, item.slot))
+
+    @property
+    def captions_vary(self) -> bool:
+        return any(e.captions is not None and e.captions.varies for s in self.sets.values() for e in s.examples)
 
     @property
     def has_class(self) -> bool:

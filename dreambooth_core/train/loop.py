@@ -22,7 +22,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import Cancelled, UserError
 from ..events import Artifact, CancelToken, Done, Error, Event, EventSink, Log, Preview, Progress, Started
-from ..data.dataset import LatentStats, TrainingData, caption_prompt, derive_seed, example_generator, make_examples
+from ..data.dataset import LatentStats, TrainingData, derive_seed, example_generator
 from .loss import dreambooth_loss, min_snr_weights, per_example_mse, sample_noise, sample_timestep, training_target
 from .packed_convs import packed_frozen_convolutions, packing_cost
 from .prompts import PromptCache, common_word_warning
@@ -244,20 +244,26 @@ class Trainer:
         return self.model
 
     def _scan_images(self, model: "BaseModel"):
+        """(instance, class) lists of (concept, image records); class images of a concept are
+        generated when the run has no reg concepts."""
+        from ..data.concepts import concept_runs
         from ..data.images import scan_images
 
         cfg = self.config
-        instance = scan_images(cfg.instance_data_dir, warn=self.warn, min_size=min(self.resolution, 256),
-                               caption_extension=cfg.caption_extension)
+        min_size = min(self.resolution, 256)
+        scanned = [(run, scan_images(run.concept.image_dir, warn=self.warn, min_size=min_size,
+                                     caption_extension=run.config.caption_extension)) for run in concept_runs(cfg)]
+        instance = [(run, records) for run, records in scanned if not run.concept.is_reg]
+        classes = [(run, records) for run, records in scanned if run.concept.is_reg]
         if not cfg.with_prior_preservation:
             return instance, []
-        folder = self._class_images(model)
-        return instance, scan_images(folder, warn=self.warn, min_size=min(self.resolution, 256))
+        if not classes:
+            classes = [(run, scan_images(self._class_images(model, run.config), warn=self.warn, min_size=min_size)) for run, _ in instance]
+        return instance, classes
 
-    def _class_images(self, model: "BaseModel") -> Path:
+    def _class_images(self, model: "BaseModel", cfg: TrainConfig) -> Path:
         from ..class_images import ClassImageSpec, default_class_dir, ensure_class_images
 
-        cfg = self.config
         spec = ClassImageSpec.from_config(cfg, self.model_hash, self.resolution)
         if self.is_main:
             with self.acc.autocast(), self._packing(gradients=False):  # frozen parts may already be in the compute dtype, the rest in fp32
@@ -280,16 +286,11 @@ class Trainer:
         return method
 
     def _build_data(self, model: "BaseModel", method: "Method", instance_records, class_records) -> TrainingData:
+        from ..data.concepts import concept_examples
+
         cfg = self.config
-        instance_prompt = cfg.instance_prompt_text
-        instances = make_examples(
-            instance_records, lambda r: caption_prompt(r.caption, instance_prompt, cfg.token, cfg.class_noun),
-            False, self.resolution, cfg.enable_bucketing, cfg.bucket_no_upscale,
-        )
-        classes = make_examples(class_records, lambda r: cfg.class_prompt_text, True, self.resolution, cfg.enable_bucketing,
-                                cfg.bucket_no_upscale)
-        data = TrainingData(instances, classes, cfg.train_batch_size, self.acc.num_processes, cfg.seed, cfg.center_crop, cfg.random_flip,
-                            captions=cfg.caption_options)
+        instances, classes = concept_examples(instance_records, class_records, self.resolution, cfg)
+        data = TrainingData(instances, classes, cfg.train_batch_size, self.acc.num_processes, cfg.seed, cfg.center_crop, cfg.random_flip)
         self.info(f"{len(instances)} instance image(s){f', {len(classes)} class image(s)' if classes else ''}, "
                   f"{self.acc.num_processes} process(es), batch {cfg.train_batch_size} per process")
         self._report_buckets(data)
@@ -302,7 +303,7 @@ class Trainer:
         self.prompts = PromptCache(model.tokenizers, data.prompts, transform=method.prompt, encoding=cfg.text_encoding)
         if not method.trains_text_encoder:
             # varied captions are encoded as they are drawn (each variant is seen about once)
-            self.prompts.freeze(model.text_encoders, model.family, precompute=not data.captions.varies)
+            self.prompts.freeze(model.text_encoders, model.family, precompute=not data.captions_vary)
         return data
 
     def _report_buckets(self, data: TrainingData) -> None:
@@ -477,11 +478,13 @@ class Trainer:
         """The loss of this process's share of global micro-batch m."""
         roles = ["instance"] + (["class"] if self.data.has_class else [])
         inputs = [self._unet_inputs(role, m) for role in roles]
-        if len(inputs) == 2 and inputs[0]["noisy"].shape[1:] == inputs[1]["noisy"].shape[1:]:
+        if len(inputs) == 2 and all(inputs[0][k].shape[1:] == inputs[1][k].shape[1:] for k in ("noisy", "hidden")):
             joint = {k: (torch.cat([inputs[0][k], inputs[1][k]]) if inputs[0][k] is not None else None) for k in inputs[0]}
-            losses = self._example_losses(joint).split([len(inputs[0]["noisy"]), len(inputs[1]["noisy"])])
+            losses = list(self._example_losses(joint).split([len(inputs[0]["noisy"]), len(inputs[1]["noisy"])]))
         else:
             losses = [self._example_losses(x) for x in inputs]
+        if len(losses) > 1:
+            losses[1] = losses[1] * inputs[1]["weight"]   # each concept's prior weight, relative to the run's
         return dreambooth_loss(losses[0], losses[1] if len(losses) > 1 else None, self.config.prior_loss_weight)
 
     def _unet_inputs(self, role: str, m: int) -> dict[str, torch.Tensor | None]:
@@ -507,6 +510,7 @@ class Trainer:
             "hidden": embeds.hidden.to(device, dtype),
             "pooled": embeds.pooled.to(device, dtype) if embeds.pooled is not None else None,
             "time_ids": torch.tensor([it.time_ids for it in items], device=device, dtype=dtype) if model.family.is_sdxl else None,
+            "weight": torch.tensor([it.example.weight / cfg.prior_loss_weight for it in items], device=device),
         }
 
     def _example_losses(self, x: dict[str, torch.Tensor | None]) -> torch.Tensor:
