@@ -64,6 +64,7 @@ class TrainConfig:
     enable_bucketing: bool = True        # aspect-ratio buckets (data/buckets.py); off: one square crop
     bucket_no_upscale: bool = True       # an image smaller than the resolution trains at its own size
     cache_latents: bool = True
+    masked_loss_floor: float = 0.1       # loss weight outside an image's mask (photo.mask.png); 1: masks off
 
     # captions and text encoding (data/captions.py, data/long_prompts.py)
     caption_extension: str = ""          # default: .txt, then .caption
@@ -238,6 +239,8 @@ class TrainConfig:
         for key in ("caption_dropout_rate", "tag_dropout_rate"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be between 0 and 1 (got {getattr(self, key)})")
+        if not 0 <= self.masked_loss_floor <= 1:
+            raise ConfigError(f"masked_loss_floor must be between 0 and 1 (got {self.masked_loss_floor})")
         if self.keep_tokens < 0 or self.clip_skip < 1:
             raise ConfigError(f"keep_tokens must be 0 or more and clip_skip 1 or more (got {self.keep_tokens}, {self.clip_skip})")
         if not self.caption_separator.strip():

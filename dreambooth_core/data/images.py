@@ -38,6 +38,19 @@ log = logging.getLogger(__name__)
 class ImageRecord:
     path: Path
     caption: str | None = None
+    mask: Path | None = None      # where the subject is (white) and is not (black)
+
+
+MASK_SUFFIX = ".mask"   # photo.png's mask is photo.mask.png, or masks/photo.png
+MASK_FOLDER = "masks"
+
+
+def find_mask(image_path: Path) -> Path | None:
+    for candidate in (image_path.with_name(image_path.stem + MASK_SUFFIX + ".png"),
+                      image_path.parent / MASK_FOLDER / (image_path.stem + ".png")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def scan_images(
@@ -65,7 +78,7 @@ def scan_images(
                          key=lambda p: (p.name.casefold(), p.name))
     except OSError as exc:
         raise UserError(f"cannot read the image folder {root}: {exc.strerror or exc}") from None
-    candidates = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+    candidates = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(MASK_SUFFIX)]
     records: list[ImageRecord] = []
     skipped: list[str] = []
     seen: dict[str, Path] = {}
@@ -84,7 +97,7 @@ def scan_images(
             warn(f"{path.name} is the same picture as {seen[digest].name}: it will count twice")
         else:
             seen[digest] = path
-        records.append(ImageRecord(path, read_caption(path, warn, caption_extension)))
+        records.append(ImageRecord(path, read_caption(path, warn, caption_extension), find_mask(path)))
 
     if not records:
         raise UserError(_nothing_usable(root, entries, candidates, skipped))

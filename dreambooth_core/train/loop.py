@@ -511,14 +511,25 @@ class Trainer:
             "pooled": embeds.pooled.to(device, dtype) if embeds.pooled is not None else None,
             "time_ids": torch.tensor([it.time_ids for it in items], device=device, dtype=dtype) if model.family.is_sdxl else None,
             "weight": torch.tensor([it.example.weight / cfg.prior_loss_weight for it in items], device=device),
+            "mask": self._mask_weights(items, latents_t) if self.data.has_masks else None,
         }
+
+    def _mask_weights(self, items, latents: torch.Tensor) -> torch.Tensor:
+        """Per-latent-pixel loss weights [B, 1, h, w]: 1 inside an image's mask, masked_loss_floor
+        outside (an image without a mask weighs 1 everywhere)."""
+        import torch.nn.functional as F
+
+        floor, size = self.config.masked_loss_floor, latents.shape[-2:]
+        maps = [F.interpolate(it.mask[None], size=size, mode="area")[0] if it.mask is not None else torch.ones(1, *size)
+                for it in items]
+        return (floor + (1 - floor) * torch.stack(maps)).to(latents.device)
 
     def _example_losses(self, x: dict[str, torch.Tensor | None]) -> torch.Tensor:
         kwargs = {}
         if self.model.family.is_sdxl:
             kwargs["added_cond_kwargs"] = {"text_embeds": x["pooled"], "time_ids": x["time_ids"]}
         pred = self.model.unet(x["noisy"], x["timesteps"], encoder_hidden_states=x["hidden"], **kwargs).sample
-        losses = per_example_mse(pred, x["target"])
+        losses = per_example_mse(pred, x["target"], x.get("mask"))
         if self.config.snr_gamma:
             losses = losses * min_snr_weights(self.noise_scheduler, x["timesteps"], self.config.snr_gamma)
         return losses
