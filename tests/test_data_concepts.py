@@ -148,3 +148,29 @@ def test_prior_weights_per_concept_scale_only_their_class_losses(tmp_path, monke
         ])
         train(cfg)
     assert seen[1] > 0 and seen[0] == pytest.approx(0.25 * seen[1], rel=1e-5)
+
+
+def test_lora_metadata_carries_kohya_dataset_facts_without_paths(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    dirs = folders(tmp_path)
+    (Path(dirs["a"]) / "img0.txt").write_text("zwx, Red Hair, smile")
+    (Path(dirs["a"]) / "img1.txt").write_text("zwx, red hair")
+    cfg = tiny_config(tmp_path, with_prior_preservation=True, max_train_steps=3, clip_skip=2, max_token_length=150, concepts=[
+        {"image_dir": dirs["a"], "token": "zwx", "class_noun": "dog", "repeats": 3},
+        {"image_dir": dirs["reg"], "is_reg": True, "class_prompt": "a dog", "repeats": 2},
+    ])
+    result, _, _ = train(cfg)
+    lora = next(a for a in result.artifacts if a.kind == "lora" and a.final)
+    with safe_open(lora.path, "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["ss_tag_frequency"])["a"] == {"zwx": 2, "red hair": 2, "smile": 1}
+    assert json.loads(meta["ss_dataset_dirs"]) == {"a": {"n_repeats": 3, "img_count": 2}, "reg": {"n_repeats": 2, "img_count": 4}}
+    assert (meta["ss_num_train_images"], meta["ss_num_reg_images"]) == ("6", "8")
+    assert (meta["ss_clip_skip"], meta["ss_max_token_length"]) == ("2", "150")
+    assert meta["ss_num_batches_per_epoch"] == "6" and meta["ss_epoch"] == "1" and meta["ss_num_epochs"] == "1"
+    assert json.loads(meta["ss_bucket_info"])["buckets"]["0"]["count"] == 6
+    assert meta["ss_optimizer"] == "torch.optim.adamw.AdamW"
+    assert str(tmp_path) not in json.dumps(meta)

@@ -580,15 +580,12 @@ class Trainer:
             "ss_text_encoder_lr": str(cfg.text_encoder_learning_rate or cfg.learning_rate),
             "ss_lr_scheduler": cfg.lr_scheduler,
             "ss_lr_warmup_steps": str(cfg.lr_warmup_steps),
-            "ss_optimizer": cfg.optimizer,
             "ss_batch_size_per_device": str(cfg.train_batch_size),
             "ss_gradient_accumulation_steps": str(cfg.gradient_accumulation_steps),
             "ss_mixed_precision": cfg.mixed_precision,
             "ss_seed": str(cfg.seed),
             "ss_resolution": f"({self.resolution}, {self.resolution})",
             "ss_enable_bucket": str(cfg.enable_bucketing),
-            "ss_num_train_images": str(len(self.data.sets["instance"].examples)),
-            "ss_num_reg_images": str(len(self.data.sets["class"].examples)) if self.data.has_class else "0",
             "ss_prior_loss_weight": str(cfg.prior_loss_weight),
             "ss_min_snr_gamma": str(cfg.snr_gamma) if cfg.snr_gamma else "None",
             "ss_noise_offset": str(cfg.noise_offset),
@@ -597,7 +594,22 @@ class Trainer:
             "ss_training_finished_at": str(int(time.time())),
             "ss_num_processes": str(self.acc.num_processes),
         }
+        facts.update(self._data_facts())
         return facts
+
+    def _data_facts(self) -> dict[str, str]:
+        """kohya's facts about the data and text encoding (data/metadata.py)."""
+        from ..data.metadata import dataset_facts
+
+        cfg = self.config
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)   # accelerate wraps it
+        planned = cfg.max_train_steps * cfg.gradient_accumulation_steps
+        return {**dataset_facts(self.data, self.micro_step, planned),
+                "ss_clip_skip": str(cfg.clip_skip), "ss_max_token_length": str(cfg.max_token_length),
+                "ss_bucket_no_upscale": str(cfg.bucket_no_upscale), "ss_shuffle_caption": str(cfg.shuffle_caption),
+                "ss_keep_tokens": str(cfg.keep_tokens), "ss_caption_dropout_rate": str(cfg.caption_dropout_rate),
+                "ss_caption_tag_dropout_rate": str(cfg.tag_dropout_rate),
+                "ss_optimizer": f"{type(optimizer).__module__}.{type(optimizer).__name__}"}
 
     def _stop_cancelled(self) -> RunResult:
         """Keep everything needed to resume, plus the weights so far as a clearly named artifact."""
