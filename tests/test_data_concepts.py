@@ -174,3 +174,17 @@ def test_lora_metadata_carries_kohya_dataset_facts_without_paths(tmp_path):
     assert json.loads(meta["ss_bucket_info"])["buckets"]["0"]["count"] == 6
     assert meta["ss_optimizer"] == "torch.optim.adamw.AdamW"
     assert str(tmp_path) not in json.dumps(meta)
+
+
+def test_the_worker_payload_makes_concept_paths_absolute(tmp_path, monkeypatch):
+    import json
+
+    from dreambooth_core.config import TrainConfig
+    from dreambooth_core.jobs import config_payload
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(concepts=[{"image_dir": "a", "repeats": 2}, {"image_dir": "reg", "is_reg": True, "class_data_dir": "c"}],
+                      dataset_config="")
+    data = json.loads(config_payload(cfg))
+    assert data["concepts"] == [{"image_dir": str(tmp_path / "a"), "repeats": 2},
+                                {"image_dir": str(tmp_path / "reg"), "is_reg": True, "class_data_dir": str(tmp_path / "c")}]

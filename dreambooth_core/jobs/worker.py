@@ -25,7 +25,8 @@ from ..errors import UserError
 from ..events import Done, Error, Event, EventSink, Log, event_from_dict
 from .state import Job
 
-PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from")
+PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "dataset_config")
+CONCEPT_PATH_KEYS = ("image_dir", "class_data_dir")   # in each of `concepts`
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]   # the folder that holds dreambooth_core/
 STDERR_TAIL = 20
 QUOTED_LINES = 5
@@ -41,6 +42,8 @@ def config_payload(config: TrainConfig) -> str:
         value = data.get(key)
         if value and not (key == "resume_from" and value == "latest"):
             data[key] = str(Path(value).expanduser().resolve())
+    data["concepts"] = [{k: str(Path(v).expanduser().resolve()) if k in CONCEPT_PATH_KEYS and v else v for k, v in c.items()}
+                        for c in data.get("concepts", [])]
     return json.dumps(data, ensure_ascii=True)
 
 
