@@ -402,3 +402,15 @@ def test_status_line_shows_every_phase_change_despite_rate_limiting(comfy):
             relay(Progress(phase=phase, step=step, total=total))
     forced = [text for text, force in sent if force]
     assert forced == ["class images 1/2", "caching latents 1/2", "training 1/3"]
+
+
+def test_options_take_a_kohya_dataset_toml(comfy, tmp_path):
+    """A kohya user's dataset config works from the Train node's options; its keys are checked."""
+    from dreambooth_core.errors import ConfigError
+
+    dataset, concept = dataset_and_concept(comfy)
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(f"[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = '{dataset.folder}'\n"
+                    "class_tokens = 'zwx dog'\nnum_repeats = 3\ncolour_aug = true\n")
+    with pytest.raises(ConfigError, match=r"dataset_config: dataset.toml datasets\[0\].subsets\[0\]: unknown key 'colour_aug'"):
+        comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept, options=f"dataset_config = {toml}"))
