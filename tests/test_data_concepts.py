@@ -188,3 +188,14 @@ def test_the_worker_payload_makes_concept_paths_absolute(tmp_path, monkeypatch):
     data = json.loads(config_payload(cfg))
     assert data["concepts"] == [{"image_dir": str(tmp_path / "a"), "repeats": 2},
                                 {"image_dir": str(tmp_path / "reg"), "is_reg": True, "class_data_dir": str(tmp_path / "c")}]
+
+
+def test_a_run_given_a_kohya_dataset_config_trains_its_concepts(tmp_path):
+    dirs = folders(tmp_path)
+    toml = tmp_path / "dataset.toml"
+    toml.write_text(KOHYA.format(**dirs))
+    cfg = tiny_config(tmp_path, dataset_config=str(toml), max_train_steps=2, num_class_images=2)
+    result, rec, _ = train(cfg)
+    assert result.status == "completed"
+    log = " | ".join(e.message for e in rec.of("log"))
+    assert "5 instance image(s), 4 class image(s)" in log

@@ -179,7 +179,7 @@ class Trainer:
             raise
 
     def _run(self) -> RunResult:
-        cfg = self.config.validate(check_paths=self.model is None)
+        self.config = cfg = self.config.validate(check_paths=self.model is None)  # a kohya dataset_config read in
         self._started_at = time.time()
         self.acc = acc = make_accelerator(cfg)
         self.run_dir = rd = RunDir.for_config(cfg)
