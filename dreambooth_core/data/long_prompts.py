@@ -45,7 +45,7 @@ def wrap_chunk(chunk: list[int], bos: int, eos: int, pad: int) -> list[int]:
 
 def prompt_chunks(tokenizer, prompt: str, max_token_length: int) -> list[list[int]]:
     """The 77-token rows that encode `prompt` (one per chunk)."""
-    ids = tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+    ids = tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False).input_ids
     comma = tokenizer.get_vocab().get(",</w>")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     chunks = split_chunks(ids, comma, max(1, max_token_length // CHUNK))
@@ -53,4 +53,4 @@ def prompt_chunks(tokenizer, prompt: str, max_token_length: int) -> list[list[in
 
 
 def token_count(tokenizer, prompt: str) -> int:
-    return len(tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids)
+    return len(tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False).input_ids)
