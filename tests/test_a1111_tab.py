@@ -340,3 +340,16 @@ def test_a_tiny_real_lora_run_from_the_train_button_to_the_lora_list(webui):
     assert lora.filename == str(webui.folders["lora"] / "zwx_dog.safetensors")
     assert lora.alias == "zwx_dog" and lora.sd_version == "SD1"
     assert view["delivered"][0]["prompt"] == "a photo of zwx dog <lora:zwx_dog:0.8>"
+
+
+def test_the_advanced_section_sets_buckets_tag_captions_and_long_prompts(webui):
+    form = webui.adapter.form
+    defaults = dict(zip(form.FORM_KEYS, form_values(webui)))
+    assert defaults["enable_bucketing"] is True and defaults["max_token_length"] == 225   # the tab shows the defaults
+    values = form_values(webui, enable_bucketing=False, shuffle_caption=True, keep_tokens=1, tag_dropout_rate=0.1,
+                         max_token_length=150, clip_skip=2, masked_loss_floor=0.3)
+    config = form.build_config(form.Form.from_args(tuple(values)))
+    assert (config.enable_bucketing, config.shuffle_caption, config.keep_tokens, config.tag_dropout_rate) == (False, True, 1, 0.1)
+    assert (config.max_token_length, config.clip_skip, config.masked_loss_floor) == (150, 2, 0.3)
+    with pytest.raises(Exception, match="max_token_length must be one of 75, 150, 225"):
+        form.build_config(form.Form.from_args(tuple(form_values(webui, max_token_length=100))))
