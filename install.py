@@ -22,7 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+# not resolved: a clone linked into custom_nodes/ must still see that it is in ComfyUI's folder
+HERE = Path(os.path.abspath(__file__)).parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 

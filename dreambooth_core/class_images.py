@@ -36,15 +36,18 @@ class ClassImageSpec:
     steps: int
     guidance_scale: float
     seed: int
+    clip_skip: int = 1   # in the key only when set, so earlier caches keep their key
 
     @classmethod
     def from_config(cls, config: "TrainConfig", model_hash: str, resolution: int) -> "ClassImageSpec":
         return cls(model_hash, config.class_prompt_text, config.negative_prompt, resolution,
-                   config.class_sampler, config.class_inference_steps, config.class_guidance_scale, config.seed)
+                   config.class_sampler, config.class_inference_steps, config.class_guidance_scale, config.seed,
+                   config.clip_skip)
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:16]
+        fields = {k: v for k, v in self.__dict__.items() if not (k == "clip_skip" and v == 1)}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def folder_name(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "_", self.prompt.lower()).strip("_")[:40] or "class"
@@ -104,7 +107,7 @@ def ensure_class_images(
         generate(
             model, [spec.prompt] * len(run), negative_prompt=spec.negative_prompt, steps=spec.steps,
             guidance_scale=spec.guidance_scale, seed=spec.seed + run[0], sampler=spec.sampler,
-            width=spec.resolution, height=spec.resolution, batch_size=batch_size,
+            width=spec.resolution, height=spec.resolution, batch_size=batch_size, encoding=config.text_encoding,
             on_image=lambda j, image, start=run[0]: save(start + j, image),
         )
     return folder

@@ -23,8 +23,10 @@ OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "sgd")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAMPLERS = ("ddim", "euler_a", "dpmpp_2m", "pndm", "lms", "euler")
 ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
-# Keys whose values are paths (a front end that serves clients checks where they point).
-PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from")
+# Keys whose values are paths (a front end that serves clients checks where they point), and
+# the path keys inside each of `concepts`: `client_paths` lists them all.
+PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "dataset_config")
+CONCEPT_PATH_KEYS = ("image_dir", "class_data_dir")
 SAVE_FORMATS = {
     "dreambooth": ("single-file", "diffusers"),
     "lora": ("kohya", "peft"),
@@ -47,6 +49,10 @@ class TrainConfig:
     instance_prompt: str = "a photo of {token} {class_noun}"
     class_prompt: str = "a photo of {class_noun}"
 
+    # several concepts (data/concepts.py); empty: the one concept above
+    concepts: list[dict[str, Any]] = field(default_factory=list)
+    dataset_config: str = ""             # a kohya dataset TOML, read into concepts and bucket settings
+
     # prior preservation
     with_prior_preservation: bool = False
     prior_loss_weight: float = 1.0
@@ -60,8 +66,20 @@ class TrainConfig:
     resolution: int | None = None        # default: the family's native resolution
     center_crop: bool = False
     random_flip: bool = False
-    enable_bucketing: bool = False
+    enable_bucketing: bool = True        # aspect-ratio buckets (data/buckets.py); off: one square crop
+    bucket_no_upscale: bool = True       # an image smaller than the resolution trains at its own size
     cache_latents: bool = True
+    masked_loss_floor: float = 0.1       # loss weight outside an image's mask (photo.mask.png); 1: masks off
+
+    # captions and text encoding (data/captions.py, data/long_prompts.py)
+    caption_extension: str = ""          # default: .txt, then .caption
+    shuffle_caption: bool = False
+    caption_separator: str = ","
+    keep_tokens: int = 0                 # leading tags never shuffled or dropped
+    caption_dropout_rate: float = 0.0
+    tag_dropout_rate: float = 0.0
+    max_token_length: int = 225          # 75, 150 or 225: prompts are encoded in 75-token chunks
+    clip_skip: int = 1
 
     # optimisation
     train_batch_size: int = 1
@@ -154,7 +172,12 @@ class TrainConfig:
 
     # ---- validation -----------------------------------------------------------------
     def validate(self, check_paths: bool = True) -> "TrainConfig":
-        """Raise ConfigError naming the key and what to do; return self when all is well."""
+        """Raise ConfigError naming the key and what to do; return self when all is well
+        (with a kohya `dataset_config` read in: then a new config)."""
+        if self.dataset_config:
+            from .data.concepts import apply_dataset_config
+
+            return apply_dataset_config(self).validate(check_paths)
         choice("method", self.method, METHODS)
         choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -179,6 +202,11 @@ class TrainConfig:
         for key in ("lr_warmup_steps", "checkpointing_steps", "validation_steps", "conv_rank", "noise_offset", "num_validation_images", "adam_weight_decay"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative (got {getattr(self, key)})")
+        self._validate_captions()
+        if self.concepts:
+            from .data.concepts import validate_concepts
+
+            validate_concepts(self, check_paths)
         if self.with_prior_preservation and self.num_class_images <= 0:
             raise ConfigError("num_class_images must be greater than 0 when with_prior_preservation is on")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
@@ -188,7 +216,7 @@ class TrainConfig:
         if not self.token.strip() or any(c.isspace() for c in self.token.strip()):
             raise ConfigError(f"token must be one word such as 'zwx' (got {self.token!r})")
         self.check_name()
-        if self.method in ("dreambooth", "lora") and self.with_prior_preservation and not self.class_noun.strip():
+        if self.method in ("dreambooth", "lora") and self.with_prior_preservation and not self.class_noun.strip() and not self.concepts:
             raise ConfigError("class_noun is needed for prior preservation: name the class of your subject, e.g. 'dog'")
         if self.method == "hypernetwork" and (len(self.layer_structure) < 2 or self.layer_structure[0] != 1 or self.layer_structure[-1] != 1):
             raise ConfigError(f"layer_structure must start and end with 1, e.g. [1, 2, 1] (got {self.layer_structure})")
@@ -202,13 +230,42 @@ class TrainConfig:
                 raise ConfigError("base_model is not set: give a .safetensors/.ckpt checkpoint or a diffusers folder")
             if not Path(self.base_model).exists():
                 raise ConfigError(f"base_model not found: {self.base_model}")
-            if not self.instance_data_dir:
+            if not self.instance_data_dir and not self.concepts:
                 raise ConfigError("instance_data_dir is not set: give the folder with your subject's images")
-            if not Path(self.instance_data_dir).is_dir():
+            if not self.concepts and not Path(self.instance_data_dir).is_dir():
                 raise ConfigError(f"instance_data_dir is not a folder: {self.instance_data_dir}")
             if self.resume_from not in (None, "", "latest") and not Path(self.resume_from).exists():
                 raise ConfigError(f"resume_from not found: {self.resume_from} (use 'latest' or a state folder of an earlier run)")
         return self
+
+    def _validate_captions(self) -> None:
+        from .data.long_prompts import MAX_TOKEN_LENGTHS
+
+        choice("max_token_length", self.max_token_length, MAX_TOKEN_LENGTHS)
+        for key in ("caption_dropout_rate", "tag_dropout_rate"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be between 0 and 1 (got {getattr(self, key)})")
+        if not 0 <= self.masked_loss_floor <= 1:
+            raise ConfigError(f"masked_loss_floor must be between 0 and 1 (got {self.masked_loss_floor})")
+        if self.keep_tokens < 0 or self.clip_skip < 1:
+            raise ConfigError(f"keep_tokens must be 0 or more and clip_skip 1 or more (got {self.keep_tokens}, {self.clip_skip})")
+        if not self.caption_separator.strip():
+            raise ConfigError("caption_separator must not be empty or blank (the usual one is ',')")
+        if self.caption_extension and not self.caption_extension.startswith("."):
+            raise ConfigError(f"caption_extension must start with a dot, e.g. '.txt' (got {self.caption_extension!r})")
+
+    @property
+    def caption_options(self):
+        from .data.captions import CaptionOptions
+
+        return CaptionOptions(self.shuffle_caption, self.caption_separator, self.keep_tokens,
+                              self.caption_dropout_rate, self.tag_dropout_rate)
+
+    @property
+    def text_encoding(self):
+        from .train.prompts import TextEncoding
+
+        return TextEncoding(self.max_token_length, self.clip_skip)
 
 
     def check_name(self) -> None:
@@ -409,6 +466,16 @@ def load_config(
     if overrides:
         cfg = config_from_dict(overrides, cfg)
     return expand_paths(cfg).validate(check_paths=check_paths)
+
+
+def client_paths(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """(what, path) for every path a config will read or write, its concepts' folders (also
+    those a kohya dataset TOML named) included: what a front end serving clients must confine."""
+    out = [(key, getattr(cfg, key)) for key in PATH_KEYS
+           if getattr(cfg, key) and not (key == "resume_from" and getattr(cfg, key) == "latest")]
+    for i, concept in enumerate(cfg.concepts):
+        out += [(f"concepts[{i}].{key}", concept[key]) for key in CONCEPT_PATH_KEYS if concept.get(key)]
+    return out
 
 
 def expand_paths(cfg: TrainConfig) -> TrainConfig:

@@ -370,7 +370,7 @@ def plan_worker_venv(
         plan.steps.append(Command([host.executable, "-m", "venv", "--system-site-packages", str(venv)],
                                   "create the worker venv"))
     bridge = bridge_text(host)
-    if bridge and (worker is None or not _has_bridge(worker)):
+    if bridge and (worker is None or not _has_bridge(worker, bridge)):
         plan.steps.append(WriteFile(_site_dir(venv, host), bridge, "let the worker see the host's packages (torch)"))
     if installable:
         # Inside its own venv the worker may move anything but what is built against torch.
@@ -432,8 +432,14 @@ def _site_dir(venv: Path, host: PythonEnv) -> Path:
     return venv / "lib" / f"python{version}" / "site-packages" / BRIDGE_PTH
 
 
-def _has_bridge(worker: PythonEnv) -> bool:
-    return any((Path(p) / BRIDGE_PTH).is_file() for p in worker.site_packages)
+def _has_bridge(worker: PythonEnv, text: str) -> bool:
+    """The worker's bridge names exactly this host's packages (a WebUI venv that was recreated
+    or another WebUI using the same extension needs it rewritten)."""
+    for folder in worker.site_packages:
+        path = Path(folder) / BRIDGE_PTH
+        if path.is_file():
+            return path.read_text(encoding="utf-8") == text
+    return False
 
 
 # ---- doing ---------------------------------------------------------------------------------

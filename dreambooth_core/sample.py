@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .models.base import BaseModel
+    from .train.prompts import TextEncoding
 
 # sampler name → (diffusers scheduler class, settings over the model's config)
 SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -70,12 +71,14 @@ def generate(
     height: int | None = None,
     batch_size: int = 1,
     on_image: Callable[[int, "Image.Image"], None] | None = None,
+    encoding: "TextEncoding | None" = None,
 ) -> list["Image.Image"]:
     """One image per prompt; image i is seeded with `seed + i`, so it is the same picture
     whatever the batch size or however many images are generated around it.
 
     `on_image(i, image)` is called as each image is ready (to save it, report progress,
-    or raise to stop).
+    or raise to stop). `encoding` encodes prompts as training does (long prompts in chunks,
+    clip skip); without it, or when it changes nothing, the pipeline encodes them itself.
     """
     import torch
 
@@ -87,9 +90,10 @@ def generate(
         chunk = prompts[start : start + batch_size]
         generators = [torch.Generator(device="cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
         with torch.no_grad():
+            text = prompt_inputs(model, pipe, chunk, negative_prompt, encoding) or dict(
+                prompt=chunk, negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None)
             out = pipe(
-                chunk, negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
-                num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
+                **text, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
                 width=width, height=height, output_type="pil",
             ).images
         for i, image in enumerate(out):
@@ -97,6 +101,29 @@ def generate(
                 on_image(start + i, image)
             images.append(image)
     return images
+
+
+def prompt_inputs(model: "BaseModel", pipe, prompts: list[str], negative_prompt: str,
+                  encoding: "TextEncoding | None") -> dict[str, Any] | None:
+    """The pipeline's prompt_embeds arguments when `encoding` differs from the pipeline's own
+    (a prompt over 75 tokens, or clip skip); None otherwise. Prompt and negative prompt are
+    encoded as one batch, so the shorter is padded with empty chunks as A1111 pads them."""
+    from .data.long_prompts import CHUNK, token_count
+    from .train.prompts import encode_prompts
+
+    tok = model.tokenizers[0]
+    if encoding is None or (encoding.clip_skip == 1 and all(token_count(tok, p) <= CHUNK for p in [*prompts, negative_prompt])):
+        return None
+    both = encode_prompts(model, [*prompts, *[negative_prompt] * len(prompts)], encoding)
+    n = len(prompts)
+    hidden, negative = both.hidden[:n], both.hidden[n:]
+    out: dict[str, Any] = {"prompt_embeds": hidden, "negative_prompt_embeds": negative}
+    if both.pooled is not None:
+        pooled, negative_pooled = both.pooled[:n], both.pooled[n:]
+        if not negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            out["negative_prompt_embeds"], negative_pooled = negative.new_zeros(negative.shape), negative_pooled.new_zeros(negative_pooled.shape)
+        out.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=negative_pooled)
+    return out
 
 
 def image_grid(images: list["Image.Image"], cols: int | None = None) -> "Image.Image":

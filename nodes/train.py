@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from comfy_api.latest import io, ui
 from comfy_execution.graph_utils import ExecutionBlocker
 
-from dreambooth_core.config import (ACTIVATIONS, PATH_KEYS, PRESETS, SAVE_FORMATS, TrainConfig, check_client_limits, load_config,
+from dreambooth_core.config import (ACTIVATIONS, PATH_KEYS, PRESETS, SAVE_FORMATS, TrainConfig, check_client_limits, client_paths, load_config,
                                     parse_set)
 from dreambooth_core.errors import UserError
 from dreambooth_core.reruns import source_signature
@@ -37,7 +37,7 @@ def parse_options(text: str) -> dict[str, str]:
             key, sep, value = line.partition("=")
             items.append(f"{key.strip()}={value.strip()}" if sep else line)
     options = parse_set(items)
-    refused = [key for key in options if key in PATH_KEYS]
+    refused = [key for key in options if key in PATH_KEYS and key != "dataset_config" or key == "concepts"]
     if refused:
         raise UserError(f"options: {', '.join(refused)} cannot be set here; the checkpoint, dataset and concept inputs "
                         "choose the files, and runs are kept in ComfyUI's output/dreambooth folder")
@@ -140,7 +140,12 @@ class TrainNode(io.ComfyNode):
         if resolution > 0:
             values["resolution"] = resolution
         values.update(parse_options(options))
+        if values.get("dataset_config"):
+            values["dataset_config"] = str(host.input_path(values["dataset_config"], "dataset_config"))
         config = check_client_limits(load_config(preset=preset, overrides=values))
+        for what, value in client_paths(config):   # the folders a dataset TOML names, too
+            if what != "output_dir":               # the runner puts every run under runs_root()
+                host.input_path(value, what)
         host_format = SAVE_FORMATS[cls.METHOD][0]  # the format ComfyUI loads is always written
         if host_format not in config.formats:
             config.save_formats = [host_format, *config.save_formats]

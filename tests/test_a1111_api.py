@@ -86,13 +86,29 @@ def test_cancel_through_the_api_leaves_a_resumable_run(webui):
     assert settle(webui, resumed["id"])["status"] == "completed"
 
 
-@pytest.mark.parametrize("key", ["instance_data_dir", "output_dir", "base_model", "class_data_dir", "resume_from"])
+@pytest.mark.parametrize("key", ["instance_data_dir", "output_dir", "base_model", "class_data_dir", "resume_from",
+                                 "dataset_config"])
 def test_paths_outside_the_allowed_folders_are_refused(webui, tmp_path, key):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     with pytest.raises(webui.api.ApiError) as err:
         call(webui, "start", body(webui, **{key: str(outside / ("x.safetensors" if key == "base_model" else ""))}))
     assert err.value.status == 403 and key in str(err.value) and "outside the folders" in str(err.value)
+    assert webui.session.manager.list() == []
+
+
+def test_concept_folders_and_a_dataset_toml_are_confined_too(webui, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    concepts = [{"image_dir": str(outside), "token": "zwx", "class_noun": "dog"}]
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, concepts=concepts))
+    assert err.value.status == 403 and "concepts[0].image_dir" in str(err.value)
+    toml = webui.root / "inputs" / "dataset.toml"     # inside, but naming a folder outside
+    toml.write_text(f"[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{outside}'\nclass_tokens = 'zwx dog'\n")
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, dataset_config=str(toml)))
+    assert err.value.status == 403 and "concepts[0].image_dir" in str(err.value)
     assert webui.session.manager.list() == []
 
 

@@ -247,3 +247,19 @@ def test_a_failed_setup_is_not_retried_on_every_start(a1111, monkeypatch, capsys
     monkeypatch.setattr(env, "run_command", Recorder(code=0))
     assert a1111.install.main(["--retry"], root=a1111.ext) == 0
     assert not (a1111.ext / a1111.install.FAILED_STAMP).exists()
+
+
+def test_a_worker_over_another_webui_venv_gets_its_bridge_rewritten(tmp_path):
+    """A second WebUI (Forge beside A1111) or a recreated WebUI venv: the worker must see the new host's torch."""
+    site = tmp_path / "worker-venv" / "lib" / "python3.10" / "site-packages"
+    site.mkdir(parents=True)
+    (site / env.BRIDGE_PTH).write_text(env.bridge_text(A1111_HOST))
+    satisfied = {r.split(">=")[0].split(";")[0].strip(): "99.0" for r in env.WORKER_REQUIREMENTS}
+    worker = dataclasses.replace(A1111_HOST, executable=str(tmp_path / "worker-venv" / "bin" / "python"),
+                                 prefix=str(tmp_path / "worker-venv"), site_packages=[str(site)],
+                                 versions={**A1111_HOST.versions, **{env.canonical(k): v for k, v in satisfied.items()
+                                                                    if k != "torch"}})
+    assert env.plan_worker_venv(tmp_path / "worker-venv", A1111_HOST, worker).steps == []      # same host: nothing
+    forge = python_env("/forge/venv/bin/python", "/forge/venv", "/usr", **A1111_HOST.versions)
+    (write,) = env.plan_worker_venv(tmp_path / "worker-venv", forge, worker).steps
+    assert isinstance(write, env.WriteFile) and "/forge/venv/lib/python3.10/site-packages" in write.text

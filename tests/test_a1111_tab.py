@@ -397,3 +397,16 @@ def test_a_shared_webui_reads_image_folders_only_from_its_own(webui, tmp_path, m
     press(webui, "dbc_train", images_dir=str(webui.images))
     assert wait_done(webui)["status"] == "completed"
     canary.assert_intact()
+
+
+def test_the_advanced_section_sets_buckets_tag_captions_and_long_prompts(webui):
+    form = webui.adapter.form
+    defaults = dict(zip(form.FORM_KEYS, form_values(webui)))
+    assert defaults["enable_bucketing"] is True and defaults["max_token_length"] == 225   # the tab shows the defaults
+    values = form_values(webui, enable_bucketing=False, shuffle_caption=True, keep_tokens=1, tag_dropout_rate=0.1,
+                         max_token_length=150, clip_skip=2, masked_loss_floor=0.3)
+    config = form.build_config(form.Form.from_args(tuple(values)))
+    assert (config.enable_bucketing, config.shuffle_caption, config.keep_tokens, config.tag_dropout_rate) == (False, True, 1, 0.1)
+    assert (config.max_token_length, config.clip_skip, config.masked_loss_floor) == (150, 2, 0.3)
+    with pytest.raises(Exception, match="max_token_length must be one of 75, 150, 225"):
+        form.build_config(form.Form.from_args(tuple(form_values(webui, max_token_length=100))))

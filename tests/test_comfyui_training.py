@@ -402,3 +402,27 @@ def test_status_line_shows_every_phase_change_despite_rate_limiting(comfy):
             relay(Progress(phase=phase, step=step, total=total))
     forced = [text for text, force in sent if force]
     assert forced == ["class images 1/2", "caching latents 1/2", "training 1/3"]
+
+
+def test_options_take_a_kohya_dataset_toml(comfy, tmp_path):
+    """A kohya user's dataset config works from the Train node's options; its keys are checked."""
+    from dreambooth_core.errors import ConfigError
+
+    from dreambooth_core.paths import OutsideRoots
+
+    dataset, concept = dataset_and_concept(comfy)
+    toml = Path(dataset.folder).parent / "dataset.toml"      # in ComfyUI's input folder
+    toml.write_text(f"[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = '{dataset.folder}'\n"
+                    "class_tokens = 'zwx dog'\nnum_repeats = 3\ncolour_aug = true\n")
+    with pytest.raises(ConfigError, match=r"dataset_config: dataset.toml datasets\[0\].subsets\[0\]: unknown key 'colour_aug'"):
+        comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept, options=f"dataset_config = {toml}"))
+    # a TOML outside ComfyUI's folders, or one that names a folder outside them, is refused
+    outside = tmp_path / "outside.toml"
+    outside.write_text(toml.read_text().replace("colour_aug = true\n", ""))
+    with pytest.raises(OutsideRoots, match="dataset_config"):
+        comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept, options=f"dataset_config = {outside}"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    toml.write_text(outside.read_text().replace(str(dataset.folder), str(elsewhere)))
+    with pytest.raises(OutsideRoots, match=r"concepts\[0\].image_dir"):
+        comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept, options=f"dataset_config = {toml}"))

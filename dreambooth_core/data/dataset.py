@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .buckets import Size, make_buckets, nearest_bucket
+from .buckets import Size, assign_bucket, make_buckets
+from .captions import CaptionOptions, vary_caption
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,6 +49,10 @@ class Example:
     is_class: bool
     size: Size            # original (width, height), EXIF-rotated
     bucket: Size          # (width, height) it is trained at
+    captions: CaptionOptions | None = None  # how the prompt (a caption) varies per step; None: fixed
+    repeats: int = 1      # times seen per epoch (its concept's repeats)
+    weight: float = 1.0   # loss weight (a class image: its concept's prior weight)
+    mask: Path | None = None  # weights the loss per pixel (data.images.find_mask)
 
 
 def caption_prompt(caption: str | None, instance_prompt: str, token: str, class_noun: str) -> str:
@@ -68,13 +73,19 @@ def make_examples(
     is_class: bool,
     resolution: int,
     bucketing: bool,
+    no_upscale: bool = False,
+    captions: CaptionOptions | None = None,
+    repeats: int = 1,
+    weight: float = 1.0,
 ) -> list[Example]:
     """Examples from `data.images.ImageRecord`s; sizes are read from headers only."""
     buckets = make_buckets(resolution) if bucketing else [(resolution, resolution)]
     out = []
     for rec in records:
         size = image_size(rec.path)
-        out.append(Example(Path(rec.path), prompt_of(rec), is_class, size, nearest_bucket(size, buckets)))
+        bucket = assign_bucket(size, resolution, buckets, no_upscale) if bucketing else buckets[0]
+        out.append(Example(Path(rec.path), prompt_of(rec), is_class, size, bucket, captions, repeats, weight,
+                           getattr(rec, "mask", None)))
     return out
 
 
@@ -94,14 +105,14 @@ class BatchPlan:
     """Which examples fill global micro-batch m: per epoch, each bucket's images are shuffled
     and padded (by repeating) to whole global batches, and the batches are shuffled."""
 
-    def __init__(self, buckets: list[Size], global_batch: int, seed: int, role: str):
+    def __init__(self, buckets: list[Size], global_batch: int, seed: int, role: str, repeats: list[int] | None = None):
         self.buckets = buckets
         self.global_batch = global_batch
         self.seed = seed
         self.role = role
         groups: dict[Size, list[int]] = {}
         for i, b in enumerate(buckets):
-            groups.setdefault(b, []).append(i)
+            groups.setdefault(b, []).extend([i] * (repeats[i] if repeats else 1))
         self.groups = [groups[k] for k in sorted(groups)]
         self.batches_per_epoch = sum(-(-len(g) // global_batch) for g in self.groups)
 
@@ -124,10 +135,13 @@ class BatchPlan:
 class Prepared:
     pixels: "torch.Tensor"          # [3, H, W] in [-1, 1]
     crop_top_left: tuple[int, int]  # (top, left) in resized coordinates, as SDXL is conditioned
+    mask: "torch.Tensor | None" = None  # [1, H, W] in [0, 1], cut as the pixels are
 
 
-def prepare_image(image: "Image.Image", bucket: Size, center_crop: bool, flip: bool, rng: "np.random.Generator") -> Prepared:
-    """Resize to cover the bucket, crop to it (centre or random), optionally mirror."""
+def prepare_image(image: "Image.Image", bucket: Size, center_crop: bool, flip: bool, rng: "np.random.Generator",
+                  mask: "Image.Image | None" = None) -> Prepared:
+    """Resize to cover the bucket, crop to it (centre or random), optionally mirror; the
+    mask, if any, goes through the same resize, crop and mirror."""
     import numpy as np
     import torch
     from PIL import Image
@@ -136,17 +150,24 @@ def prepare_image(image: "Image.Image", bucket: Size, center_crop: bool, flip: b
     w, h = image.size
     scale = max(bw / w, bh / h)
     rw, rh = max(bw, round(w * scale)), max(bh, round(h * scale))
-    image = image.resize((rw, rh), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+    if (rw, rh) != (w, h):
+        image = image.resize((rw, rh), Image.Resampling.BICUBIC if scale > 1 else Image.Resampling.LANCZOS)
+    if mask is not None:
+        mask = mask.convert("L").resize((rw, rh), Image.Resampling.BILINEAR)
     if center_crop:
         top, left = (rh - bh) // 2, (rw - bw) // 2
     else:
         top, left = int(rng.integers(0, rh - bh + 1)), int(rng.integers(0, rw - bw + 1))
     image = image.crop((left, top, left + bw, top + bh))
+    if mask is not None:
+        mask = mask.crop((left, top, left + bw, top + bh))
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mask is not None else None
         left = rw - left - bw
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return Prepared(torch.from_numpy(array).permute(2, 0, 1).contiguous(), (top, left))
+    mask_t = torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None] if mask is not None else None
+    return Prepared(torch.from_numpy(array).permute(2, 0, 1).contiguous(), (top, left), mask_t)
 
 
 @dataclass
@@ -158,6 +179,7 @@ class Item:
     slot: int                       # position in the global micro-batch
     flip: bool
     crop_top_left: tuple[int, int] = (0, 0)
+    mask: "torch.Tensor | None" = None  # [1, H, W] as prepared, set with the latents
 
     @property
     def time_ids(self) -> list[int]:
@@ -180,7 +202,7 @@ class ExampleSet:
     role: str                       # "instance" | "class"
     examples: list[Example]
     plan: BatchPlan
-    cache: dict[tuple[int, bool], tuple[LatentStats, tuple[int, int]]] = field(default_factory=dict)
+    cache: dict[tuple[int, bool], tuple[LatentStats, tuple[int, int], "torch.Tensor | None"]] = field(default_factory=dict)
 
 
 class TrainingData:
@@ -201,13 +223,25 @@ class TrainingData:
         self.seed = seed
         self.center_crop = center_crop
         self.random_flip = random_flip
-        self.sets = {"instance": ExampleSet("instance", instances, BatchPlan([e.bucket for e in instances], self.global_batch, seed, "instance"))}
-        if classes:
-            self.sets["class"] = ExampleSet("class", classes, BatchPlan([e.bucket for e in classes], self.global_batch, seed, "class"))
+        self.sets = {role: ExampleSet(role, examples, BatchPlan([e.bucket for e in examples], self.global_batch, seed, role,
+                                                              [e.repeats for e in examples]))
+                     for role, examples in (("instance", instances), ("class", classes)) if examples or role == "instance"}
 
     @property
     def prompts(self) -> list[str]:
         return sorted({e.prompt for s in self.sets.values() for e in s.examples})
+
+    def prompt(self, role: str, m: int, item: "Item") -> str:
+        """The prompt of `item` in micro-batch m: its caption as the caption options vary it
+        for this (seed, role, m, slot)."""
+        options = item.example.captions
+        if options is None or not options.varies:
+            return item.example.prompt
+        return vary_caption(item.example.prompt, options, numpy_rng(self.seed, role, "caption", m, item.slot))
+
+    @property
+    def captions_vary(self) -> bool:
+        return any(e.captions is not None and e.captions.varies for s in self.sets.values() for e in s.examples)
 
     @property
     def has_class(self) -> bool:
@@ -227,7 +261,12 @@ class TrainingData:
     def _prepare(self, item: Item, rng: "np.random.Generator") -> Prepared:
         from .images import load_image
 
-        return prepare_image(load_image(item.example.path), item.example.bucket, self.center_crop, item.flip, rng)
+        mask = load_image(item.example.mask) if item.example.mask is not None else None
+        return prepare_image(load_image(item.example.path), item.example.bucket, self.center_crop, item.flip, rng, mask)
+
+    @property
+    def has_masks(self) -> bool:
+        return any(e.mask is not None for s in self.sets.values() for e in s.examples)
 
     def build_latent_cache(self, encode: Callable[["torch.Tensor"], LatentStats], progress: Callable[[int, int], None]) -> None:
         """Encode every image once (both mirror images when flipping), with a crop fixed per image."""
@@ -236,7 +275,7 @@ class TrainingData:
             rng = numpy_rng(self.seed, s.role, "crop", i)
             prepared = self._prepare(Item(i, s.examples[i], 0, flip), rng)
             stats = encode(prepared.pixels.unsqueeze(0))
-            s.cache[(i, flip)] = (LatentStats(stats.mean[0].float(), stats.std[0].float()), prepared.crop_top_left)
+            s.cache[(i, flip)] = (LatentStats(stats.mean[0].float(), stats.std[0].float()), prepared.crop_top_left, prepared.mask)
             progress(n + 1, len(todo))
 
     @property
@@ -252,12 +291,12 @@ class TrainingData:
         if s.cache:
             stats = []
             for item in items:
-                st, item.crop_top_left = s.cache[(item.index, item.flip)]
+                st, item.crop_top_left, item.mask = s.cache[(item.index, item.flip)]
                 stats.append(st)
             return LatentStats(torch.stack([st.mean for st in stats]), torch.stack([st.std for st in stats]))
         pixels = []
         for item in items:
             prepared = self._prepare(item, numpy_rng(self.seed, role, "crop", m, item.slot))
-            item.crop_top_left = prepared.crop_top_left
+            item.crop_top_left, item.mask = prepared.crop_top_left, prepared.mask
             pixels.append(prepared.pixels)
         return encode(torch.stack(pixels))

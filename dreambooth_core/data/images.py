@@ -38,12 +38,26 @@ log = logging.getLogger(__name__)
 class ImageRecord:
     path: Path
     caption: str | None = None
+    mask: Path | None = None      # where the subject is (white) and is not (black)
+
+
+MASK_SUFFIX = ".mask"   # photo.png's mask is photo.mask.png, or masks/photo.png
+MASK_FOLDER = "masks"
+
+
+def find_mask(image_path: Path) -> Path | None:
+    for candidate in (image_path.with_name(image_path.stem + MASK_SUFFIX + ".png"),
+                      image_path.parent / MASK_FOLDER / (image_path.stem + ".png")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def scan_images(
     folder: str | Path,
     warn: Callable[[str], None] | None = None,
     min_size: int = DEFAULT_MIN_SIZE,
+    caption_extension: str = "",
 ) -> list[ImageRecord]:
     """Every usable image in `folder` (not recursive), sorted by name, with its caption.
 
@@ -64,7 +78,7 @@ def scan_images(
                          key=lambda p: (p.name.casefold(), p.name))
     except OSError as exc:
         raise UserError(f"cannot read the image folder {root}: {exc.strerror or exc}") from None
-    candidates = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+    candidates = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(MASK_SUFFIX)]
     records: list[ImageRecord] = []
     skipped: list[str] = []
     seen: dict[str, Path] = {}
@@ -83,7 +97,7 @@ def scan_images(
             warn(f"{path.name} is the same picture as {seen[digest].name}: it will count twice")
         else:
             seen[digest] = path
-        records.append(ImageRecord(path, read_caption(path, warn)))
+        records.append(ImageRecord(path, read_caption(path, warn, caption_extension), find_mask(path)))
 
     if not records:
         raise UserError(_nothing_usable(root, entries, candidates, skipped))
@@ -106,15 +120,16 @@ def _names(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def read_caption(image_path: Path, warn: Callable[[str], None] | None = None) -> str | None:
-    """The caption in `<stem>.txt` (or `<stem>.caption`) beside the image; None if absent or empty.
+def read_caption(image_path: Path, warn: Callable[[str], None] | None = None, extension: str = "") -> str | None:
+    """The caption in `<stem>.txt` (or `<stem>.caption`, or `<stem><extension>` when one is
+    given) beside the image; None if absent or empty.
 
     UTF-8 (with or without BOM) and UTF-16 with BOM are read as such; anything else is
     taken as Windows-1252 (Notepad's old default), or Latin-1 as a last resort, and `warn`
     is told so the user can check the accents.
     """
     warn = log.warning if warn is None else warn
-    for suffix in CAPTION_SUFFIXES:
+    for suffix in (extension,) if extension else CAPTION_SUFFIXES:
         path = image_path.with_suffix(suffix)
         if path.is_file():
             try:

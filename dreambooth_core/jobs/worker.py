@@ -21,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, Iterator, Mapping
 
-from ..config import PATH_KEYS, TrainConfig
+from ..config import CONCEPT_PATH_KEYS, PATH_KEYS, TrainConfig
 from ..errors import UserError
 from ..events import Done, Error, Event, EventSink, Log, event_from_dict
 from .state import Job
@@ -54,6 +54,8 @@ def config_payload(config: TrainConfig) -> str:
         value = data.get(key)
         if value and not (key == "resume_from" and value == "latest"):
             data[key] = str(Path(value).expanduser().resolve())
+    data["concepts"] = [{k: str(Path(v).expanduser().resolve()) if k in CONCEPT_PATH_KEYS and v else v for k, v in c.items()}
+                        for c in data.get("concepts", [])]
     return json.dumps(data, ensure_ascii=True)
 
 

@@ -23,7 +23,7 @@ import torch
 from ..config import TrainConfig
 from ..errors import Cancelled, UserError
 from ..events import Artifact, CancelToken, Done, Error, Event, EventSink, Log, Preview, Progress, Started
-from ..data.dataset import LatentStats, TrainingData, caption_prompt, derive_seed, example_generator, make_examples
+from ..data.dataset import LatentStats, TrainingData, derive_seed, example_generator
 from .loss import dreambooth_loss, min_snr_weights, per_example_mse, sample_noise, sample_timestep, training_target
 from .packed_convs import packed_frozen_convolutions, packing_cost
 from .prompts import PromptCache, common_word_warning
@@ -181,7 +181,7 @@ class Trainer:
                 raise
 
     def _run(self) -> RunResult:
-        cfg = self.config.validate(check_paths=self.model is None)
+        self.config = cfg = self.config.validate(check_paths=self.model is None)  # a kohya dataset_config read in
         self._started_at = time.time()
         self.acc = acc = make_accelerator(cfg)
         self.run_dir = rd = RunDir.for_config(cfg)
@@ -255,19 +255,26 @@ class Trainer:
         return self.model
 
     def _scan_images(self, model: "BaseModel"):
+        """(instance, class) lists of (concept, image records); class images of a concept are
+        generated when the run has no reg concepts."""
+        from ..data.concepts import concept_runs
         from ..data.images import scan_images
 
         cfg = self.config
-        instance = scan_images(cfg.instance_data_dir, warn=self.warn, min_size=min(self.resolution, 256))
+        min_size = min(self.resolution, 256)
+        scanned = [(run, scan_images(run.concept.image_dir, warn=self.warn, min_size=min_size,
+                                     caption_extension=run.config.caption_extension)) for run in concept_runs(cfg)]
+        instance = [(run, records) for run, records in scanned if not run.concept.is_reg]
+        classes = [(run, records) for run, records in scanned if run.concept.is_reg]
         if not cfg.with_prior_preservation:
             return instance, []
-        folder = self._class_images(model)
-        return instance, scan_images(folder, warn=self.warn, min_size=min(self.resolution, 256))
+        if not classes:
+            classes = [(run, scan_images(self._class_images(model, run.config), warn=self.warn, min_size=min_size)) for run, _ in instance]
+        return instance, classes
 
-    def _class_images(self, model: "BaseModel") -> Path:
+    def _class_images(self, model: "BaseModel", cfg: TrainConfig) -> Path:
         from ..class_images import ClassImageSpec, default_class_dir, ensure_class_images
 
-        cfg = self.config
         spec = ClassImageSpec.from_config(cfg, self.model_hash, self.resolution)
         if self.is_main:
             with self.acc.autocast(), self._packing(gradients=False):  # frozen parts may already be in the compute dtype, the rest in fp32
@@ -290,26 +297,31 @@ class Trainer:
         return method
 
     def _build_data(self, model: "BaseModel", method: "Method", instance_records, class_records) -> TrainingData:
+        from ..data.concepts import concept_examples
+
         cfg = self.config
-        instance_prompt = cfg.instance_prompt_text
-        instances = make_examples(
-            instance_records, lambda r: caption_prompt(r.caption, instance_prompt, cfg.token, cfg.class_noun),
-            False, self.resolution, cfg.enable_bucketing,
-        )
-        classes = make_examples(class_records, lambda r: cfg.class_prompt_text, True, self.resolution, cfg.enable_bucketing)
+        instances, classes = concept_examples(instance_records, class_records, self.resolution, cfg)
         data = TrainingData(instances, classes, cfg.train_batch_size, self.acc.num_processes, cfg.seed, cfg.center_crop, cfg.random_flip)
         self.info(f"{len(instances)} instance image(s){f', {len(classes)} class image(s)' if classes else ''}, "
                   f"{self.acc.num_processes} process(es), batch {cfg.train_batch_size} per process")
+        self._report_buckets(data)
         self.noise_scheduler = model.noise_scheduler()
         vae = model.vae
         self.latent_scale = vae.config.scaling_factor
         self.latent_shift = getattr(vae.config, "shift_factor", None) or 0.0
         if cfg.cache_latents:
             data.build_latent_cache(self._encode_pixels, self._caching_progress)
-        self.prompts = PromptCache(model.tokenizers, data.prompts, transform=method.prompt)
+        self.prompts = PromptCache(model.tokenizers, data.prompts, transform=method.prompt, encoding=cfg.text_encoding)
         if not method.trains_text_encoder:
-            self.prompts.freeze(model.text_encoders, model.family)
+            # varied captions are encoded as they are drawn (each variant is seen about once)
+            self.prompts.freeze(model.text_encoders, model.family, precompute=not data.captions_vary)
         return data
+
+    def _report_buckets(self, data: TrainingData) -> None:
+        from ..data.buckets import bucket_table
+
+        for s in data.sets.values():
+            self.info(f"{s.role} buckets (width x height: images): {bucket_table([e.bucket for e in s.examples])}")
 
     def _caching_progress(self, done: int, total: int) -> None:
         self.emit(Progress(phase="caching", step=done, total=total))
@@ -477,11 +489,13 @@ class Trainer:
         """The loss of this process's share of global micro-batch m."""
         roles = ["instance"] + (["class"] if self.data.has_class else [])
         inputs = [self._unet_inputs(role, m) for role in roles]
-        if len(inputs) == 2 and inputs[0]["noisy"].shape[1:] == inputs[1]["noisy"].shape[1:]:
+        if len(inputs) == 2 and all(inputs[0][k].shape[1:] == inputs[1][k].shape[1:] for k in ("noisy", "hidden")):
             joint = {k: (torch.cat([inputs[0][k], inputs[1][k]]) if inputs[0][k] is not None else None) for k in inputs[0]}
-            losses = self._example_losses(joint).split([len(inputs[0]["noisy"]), len(inputs[1]["noisy"])])
+            losses = list(self._example_losses(joint).split([len(inputs[0]["noisy"]), len(inputs[1]["noisy"])]))
         else:
             losses = [self._example_losses(x) for x in inputs]
+        if len(losses) > 1:
+            losses[1] = losses[1] * inputs[1]["weight"]   # each concept's prior weight, relative to the run's
         return dreambooth_loss(losses[0], losses[1] if len(losses) > 1 else None, self.config.prior_loss_weight)
 
     def _unet_inputs(self, role: str, m: int) -> dict[str, torch.Tensor | None]:
@@ -498,7 +512,7 @@ class Trainer:
         latents_t = ((torch.stack(latents) - self.latent_shift) * self.latent_scale).to(device)
         noise_t = torch.stack(noise).to(device)
         t = torch.tensor(timesteps, device=device, dtype=torch.long)
-        embeds = self.prompts.get([it.example.prompt for it in items], model.text_encoders, model.family)
+        embeds = self.prompts.get([self.data.prompt(role, m, it) for it in items], model.text_encoders, model.family)
         dtype = self.weight_dtype
         return {
             "noisy": scheduler.add_noise(latents_t, noise_t, t).to(dtype),
@@ -507,14 +521,26 @@ class Trainer:
             "hidden": embeds.hidden.to(device, dtype),
             "pooled": embeds.pooled.to(device, dtype) if embeds.pooled is not None else None,
             "time_ids": torch.tensor([it.time_ids for it in items], device=device, dtype=dtype) if model.family.is_sdxl else None,
+            "weight": torch.tensor([it.example.weight / cfg.prior_loss_weight for it in items], device=device),
+            "mask": self._mask_weights(items, latents_t) if self.data.has_masks else None,
         }
+
+    def _mask_weights(self, items, latents: torch.Tensor) -> torch.Tensor:
+        """Per-latent-pixel loss weights [B, 1, h, w]: 1 inside an image's mask, masked_loss_floor
+        outside (an image without a mask weighs 1 everywhere)."""
+        import torch.nn.functional as F
+
+        floor, size = self.config.masked_loss_floor, latents.shape[-2:]
+        maps = [F.interpolate(it.mask[None], size=size, mode="area")[0] if it.mask is not None else torch.ones(1, *size)
+                for it in items]
+        return (floor + (1 - floor) * torch.stack(maps)).to(latents.device)
 
     def _example_losses(self, x: dict[str, torch.Tensor | None]) -> torch.Tensor:
         kwargs = {}
         if self.model.family.is_sdxl:
             kwargs["added_cond_kwargs"] = {"text_embeds": x["pooled"], "time_ids": x["time_ids"]}
         pred = self.model.unet(x["noisy"], x["timesteps"], encoder_hidden_states=x["hidden"], **kwargs).sample
-        losses = per_example_mse(pred, x["target"])
+        losses = per_example_mse(pred, x["target"], x.get("mask"))
         if self.config.snr_gamma:
             losses = losses * min_snr_weights(self.noise_scheduler, x["timesteps"], self.config.snr_gamma)
         return losses
@@ -565,15 +591,12 @@ class Trainer:
             "ss_text_encoder_lr": str(cfg.text_encoder_learning_rate or cfg.learning_rate),
             "ss_lr_scheduler": cfg.lr_scheduler,
             "ss_lr_warmup_steps": str(cfg.lr_warmup_steps),
-            "ss_optimizer": cfg.optimizer,
             "ss_batch_size_per_device": str(cfg.train_batch_size),
             "ss_gradient_accumulation_steps": str(cfg.gradient_accumulation_steps),
             "ss_mixed_precision": cfg.mixed_precision,
             "ss_seed": str(cfg.seed),
             "ss_resolution": f"({self.resolution}, {self.resolution})",
             "ss_enable_bucket": str(cfg.enable_bucketing),
-            "ss_num_train_images": str(len(self.data.sets["instance"].examples)),
-            "ss_num_reg_images": str(len(self.data.sets["class"].examples)) if self.data.has_class else "0",
             "ss_prior_loss_weight": str(cfg.prior_loss_weight),
             "ss_min_snr_gamma": str(cfg.snr_gamma) if cfg.snr_gamma else "None",
             "ss_noise_offset": str(cfg.noise_offset),
@@ -582,7 +605,22 @@ class Trainer:
             "ss_training_finished_at": str(int(time.time())),
             "ss_num_processes": str(self.acc.num_processes),
         }
+        facts.update(self._data_facts())
         return facts
+
+    def _data_facts(self) -> dict[str, str]:
+        """kohya's facts about the data and text encoding (data/metadata.py)."""
+        from ..data.metadata import dataset_facts
+
+        cfg = self.config
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)   # accelerate wraps it
+        planned = cfg.max_train_steps * cfg.gradient_accumulation_steps
+        return {**dataset_facts(self.data, self.micro_step, planned),
+                "ss_clip_skip": str(cfg.clip_skip), "ss_max_token_length": str(cfg.max_token_length),
+                "ss_bucket_no_upscale": str(cfg.bucket_no_upscale), "ss_shuffle_caption": str(cfg.shuffle_caption),
+                "ss_keep_tokens": str(cfg.keep_tokens), "ss_caption_dropout_rate": str(cfg.caption_dropout_rate),
+                "ss_caption_tag_dropout_rate": str(cfg.tag_dropout_rate),
+                "ss_optimizer": f"{type(optimizer).__module__}.{type(optimizer).__name__}"}
 
     def _stop_cancelled(self) -> RunResult:
         """Keep everything needed to resume, plus the weights so far as a clearly named artifact."""
@@ -645,7 +683,7 @@ class Trainer:
                 with self.acc.autocast():
                     generate(self.model, [self.method.prompt(prompt)] * n, cfg.negative_prompt, cfg.validation_inference_steps,
                              cfg.guidance_scale, seed=cfg.seed, sampler=cfg.validation_scheduler,
-                             width=self.resolution, height=self.resolution, on_image=save)
+                             width=self.resolution, height=self.resolution, on_image=save, encoding=cfg.text_encoding)
             grid = self.run_dir.samples / f"step-{self.step:06d}-grid.png"
             image_grid(images, cols=len(prompts)).save(grid)
             self._announce(Artifact(kind="samples", path=str(grid), name=grid.name, final=False))

@@ -59,9 +59,13 @@ def min_snr_weights(scheduler, timesteps: "torch.Tensor", gamma: float) -> "torc
     return clipped / s
 
 
-def per_example_mse(pred: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
-    """Mean squared error of each example (in fp32, whatever the compute dtype)."""
-    return ((pred.float() - target.float()) ** 2).mean(dim=tuple(range(1, pred.ndim)))
+def per_example_mse(pred: "torch.Tensor", target: "torch.Tensor", weights: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """Mean squared error of each example (in fp32, whatever the compute dtype); `weights`
+    ([B, 1, h, w], from a mask) scale each latent pixel's error."""
+    error = (pred.float() - target.float()) ** 2
+    if weights is not None:
+        error = error * weights.float()
+    return error.mean(dim=tuple(range(1, pred.ndim)))
 
 
 @dataclass

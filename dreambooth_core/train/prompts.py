@@ -1,13 +1,19 @@
-"""Prompt encoding for training, identical to what the diffusers pipelines do at inference.
+"""Prompt encoding for training, validation and class images, the way the hosts prompt.
 
-SD1/SD2: the last hidden state of the one text encoder. SDXL: the penultimate hidden
-states of both encoders, concatenated, plus the second encoder's pooled projection. Each
-distinct prompt is tokenised once; when no text encoder trains, it is encoded once too.
+SD1/SD2: the last hidden state of the one text encoder (or, with `clip_skip` k > 1, the
+k-th from last through the final layer norm, as A1111 and kohya do). SDXL: the penultimate
+hidden states of both encoders, concatenated, plus the second encoder's pooled projection
+(of the first chunk, as A1111 and kohya take it). Prompts over 75 tokens are encoded in
+77-token chunks joined along the sequence axis (data.long_prompts); a batch whose prompts
+have fewer chunks than its longest is padded with empty chunks, as A1111 does.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+from ..data.long_prompts import prompt_chunks, wrap_chunk
 
 if TYPE_CHECKING:
     import torch
@@ -17,54 +23,106 @@ if TYPE_CHECKING:
 
 @dataclass
 class PromptEmbeds:
-    hidden: "torch.Tensor"                 # [N, 77, context_dim]
+    hidden: "torch.Tensor"                 # [N, 77 x chunks, context_dim]
     pooled: "torch.Tensor | None" = None   # [N, projection_dim] (SDXL)
 
     def to(self, device, dtype) -> "PromptEmbeds":
         return PromptEmbeds(self.hidden.to(device, dtype), None if self.pooled is None else self.pooled.to(device, dtype))
 
 
-def tokenize(tokenizers: list, prompts: list[str]) -> list["torch.Tensor"]:
-    """Token ids [N, 77] per tokenizer (padded to the max length, truncated)."""
-    return [
-        tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-        for tok in tokenizers
-    ]
+@dataclass(frozen=True)
+class TextEncoding:
+    """How prompts become embeddings: the longest prompt kept and the CLIP layer used."""
+
+    max_token_length: int = 225
+    clip_skip: int = 1
 
 
-def encode_tokens(text_encoders: list, family: "Family", ids: list["torch.Tensor"]) -> PromptEmbeds:
+Rows = list[list[list[int]]]   # per tokenizer: the prompt's 77-token chunk rows
+
+
+def tokenize(tokenizers: list, prompt: str, encoding: TextEncoding) -> Rows:
+    return [prompt_chunks(tok, prompt, encoding.max_token_length) for tok in tokenizers]
+
+
+def _final_layer_norm(te):
+    return (te.text_model if hasattr(te, "text_model") else te).final_layer_norm
+
+
+def _encode_rows(te, rows: "torch.Tensor", family: "Family", clip_skip: int):
+    """One chunk row per prompt [N, 77] through one encoder: (hidden, pooled or None)."""
+    out = te(rows.to(te.device), output_hidden_states=True)
+    pooled = out[0] if out[0].ndim == 2 else None  # CLIPTextModelWithProjection: text_embeds
+    if family.is_sdxl:
+        return out.hidden_states[-max(2, clip_skip)], pooled
+    if clip_skip > 1:
+        return _final_layer_norm(te)(out.hidden_states[-clip_skip]), pooled
+    return out[0], pooled
+
+
+def encode_rows(text_encoders: list, tokenizers: list, family: "Family", rows: list[Rows], clip_skip: int = 1) -> PromptEmbeds:
+    """Embeddings of a batch of tokenised prompts (`rows[i]` from `tokenize`)."""
     import torch
 
-    if not family.is_sdxl:
-        te = text_encoders[0]
-        return PromptEmbeds(te(ids[0].to(te.device))[0])
-    hidden, pooled = [], None
-    for te, tok_ids in zip(text_encoders, ids):
-        out = te(tok_ids.to(te.device), output_hidden_states=True)
-        if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds
-            pooled = out[0]
-        hidden.append(out.hidden_states[-2])
-    return PromptEmbeds(torch.cat(hidden, dim=-1), pooled)
+    n_chunks = max(len(r[0]) for r in rows)
+    hidden_per_encoder, pooled = [], None
+    for k, (te, tok) in enumerate(zip(text_encoders, tokenizers)):
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        empty = wrap_chunk([], tok.bos_token_id, tok.eos_token_id, pad)
+        pieces = []
+        for c in range(n_chunks):
+            batch = torch.tensor([r[k][c] if c < len(r[k]) else empty for r in rows])
+            hidden, pool = _encode_rows(te, batch, family, clip_skip)
+            pieces.append(hidden)
+            if c == 0 and pool is not None:
+                pooled = pool
+        hidden_per_encoder.append(torch.cat(pieces, dim=1))
+    return PromptEmbeds(torch.cat(hidden_per_encoder, dim=-1), pooled)
+
+
+def encode_prompts(model, prompts: list[str], encoding: TextEncoding) -> PromptEmbeds:
+    """Embeddings of `prompts` with the model's own tokenizers and encoders."""
+    rows = [tokenize(model.tokenizers, p, encoding) for p in prompts]
+    return encode_rows(model.text_encoders, model.tokenizers, model.family, rows, encoding.clip_skip)
 
 
 class PromptCache:
-    """Token ids of every training prompt; their embeddings too once `freeze()` has run.
+    """Token rows of every training prompt; their embeddings too once `freeze()` has run.
 
     `transform` rewrites a prompt before tokenising (Textual Inversion expands its token);
-    lookups stay by the original prompt."""
+    lookups stay by the original prompt. A prompt not seen before (a shuffled or thinned
+    caption) is tokenised when asked for, and encoded then: caching every variant of a
+    shuffled caption would cost more encodes than it saves (each variant is drawn about once)."""
 
-    def __init__(self, tokenizers: list, prompts: list[str], transform: Callable[[str], str] | None = None):
+    def __init__(self, tokenizers: list, prompts: list[str], transform: Callable[[str], str] | None = None,
+                 encoding: TextEncoding = TextEncoding()):
+        self.tokenizers = tokenizers
+        self.transform = transform
+        self.encoding = encoding
         self.prompts = list(dict.fromkeys(prompts))
-        ids = tokenize(tokenizers, [transform(p) for p in self.prompts] if transform else self.prompts)
-        self.ids = {p: [t[i] for t in ids] for i, p in enumerate(self.prompts)}
+        self.ids: dict[str, Rows] = {}
+        for p in self.prompts:
+            self._rows(p)
         self.embeds: dict[str, PromptEmbeds] | None = None
+        self.empty: "torch.Tensor | None" = None
+        self.frozen = False
 
-    def freeze(self, text_encoders: list, family: "Family", chunk: int = 8) -> None:
-        """Encode every prompt now, so the frozen text encoders are no longer needed."""
+    def _rows(self, prompt: str) -> Rows:
+        if prompt not in self.ids:
+            self.ids[prompt] = tokenize(self.tokenizers, self.transform(prompt) if self.transform else prompt, self.encoding)
+        return self.ids[prompt]
+
+    def freeze(self, text_encoders: list, family: "Family", chunk: int = 8, precompute: bool = True) -> None:
+        """The text encoders no longer train: encode without gradients from now on, and with
+        `precompute`, encode every known prompt now so the encoders are no longer needed."""
         import torch
 
+        self.frozen = True
+        if not precompute:
+            return
         self.embeds = {}
         with torch.no_grad():
+            self.empty = self._encode(text_encoders, family, [""]).hidden[0].cpu()  # pads shorter prompts
             for start in range(0, len(self.prompts), chunk):
                 batch = self.prompts[start : start + chunk]
                 out = self._encode(text_encoders, family, batch)
@@ -72,20 +130,21 @@ class PromptCache:
                     self.embeds[p] = PromptEmbeds(out.hidden[i].cpu(), None if out.pooled is None else out.pooled[i].cpu())
 
     def _encode(self, text_encoders: list, family: "Family", prompts: list[str]) -> PromptEmbeds:
-        import torch
-
-        n = len(self.ids[prompts[0]])
-        ids = [torch.stack([self.ids[p][k] for p in prompts]) for k in range(n)]
-        return encode_tokens(text_encoders, family, ids)
+        rows = [self._rows(p) for p in prompts]
+        return encode_rows(text_encoders, self.tokenizers, family, rows, self.encoding.clip_skip)
 
     def get(self, prompts: list[str], text_encoders: list, family: "Family") -> PromptEmbeds:
-        """Embeddings for a batch: from the cache, or through the (training) text encoders."""
+        """Embeddings for a batch: from the cache, or through the text encoders."""
         import torch
 
         if self.embeds is None:
-            return self._encode(text_encoders, family, prompts)
-        hidden = torch.stack([self.embeds[p].hidden for p in prompts])
-        pooled = torch.stack([self.embeds[p].pooled for p in prompts]) if family.is_sdxl else None
+            with torch.no_grad() if self.frozen else nullcontext():
+                return self._encode(text_encoders, family, prompts)
+        cached = [self.embeds[p] for p in prompts]
+        width = max(e.hidden.shape[0] for e in cached)
+        chunks = len(self.empty)
+        hidden = torch.stack([torch.cat([e.hidden, *[self.empty] * ((width - e.hidden.shape[0]) // chunks)]) for e in cached])
+        pooled = torch.stack([e.pooled for e in cached]) if family.is_sdxl else None
         return PromptEmbeds(hidden, pooled)
 
 

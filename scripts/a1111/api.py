@@ -17,7 +17,7 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-from dreambooth_core.config import PATH_KEYS, check_client_limits, load_config
+from dreambooth_core.config import PATH_KEYS, check_client_limits, client_paths, load_config
 from dreambooth_core.delivery import check_destination
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.paths import OutsideRoots, contained
@@ -62,6 +62,12 @@ class RunsApi:
             except OutsideRoots as exc:
                 raise ApiError(403, str(exc)) from None
         config = check_client_limits(load_config(preset=body.get("preset"), overrides=settings))
+        for what, value in client_paths(config):   # concept folders, also those a dataset TOML names
+            try:
+                contained(value, what, host.allowed_roots(), base=host.data_path(), anywhere=host.any_folder(),
+                          setting_hint=host.SETTING_HINT)
+            except OutsideRoots as exc:
+                raise ApiError(403, str(exc)) from None
         if config.overwrite:   # replacing a file in the WebUI's folders is the operator's choice, made in the tab
             config.overwrite = False
             check_destination(config, host.output_folders())

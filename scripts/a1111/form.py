@@ -32,13 +32,19 @@ METHODS: dict[str, tuple[str, str]] = {
 ADVANCED = ("max_train_steps", "learning_rate", "train_batch_size", "gradient_accumulation_steps", "resolution",
             "lr_scheduler", "lr_warmup_steps", "optimizer", "mixed_precision", "seed", "rank", "alpha",
             "train_text_encoder", "num_vectors", "prior_loss_weight", "checkpointing_steps", "validation_steps",
-            "num_validation_images", "save_dtype", "gradient_checkpointing")
+            "num_validation_images", "save_dtype", "gradient_checkpointing",
+            # datasets (dreambooth_core/data): buckets, tag captions, long prompts, masks
+            "enable_bucketing", "bucket_no_upscale", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
+            "tag_dropout_rate", "max_token_length", "clip_skip", "masked_loss_floor")
 CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "optimizer": OPTIMIZERS,
                                        "mixed_precision": MIXED_PRECISION, "save_dtype": ("fp16", "bf16", "fp32")}
 LABELS = {"resolution": "resolution (0: the model's own)", "max_train_steps": "steps", "train_batch_size": "batch size",
           "alpha": "LoRA alpha", "rank": "LoRA rank", "num_vectors": "vectors per token (TI)",
           "checkpointing_steps": "save a resumable state every N steps (0: at the end)",
-          "validation_steps": "samples every N steps (0: before and after)"}
+          "validation_steps": "samples every N steps (0: before and after)",
+          "enable_bucketing": "aspect-ratio buckets (off: square crops)", "bucket_no_upscale": "never upscale small photos",
+          "keep_tokens": "tags kept first when shuffling", "max_token_length": "longest prompt in tokens (75, 150, 225)",
+          "masked_loss_floor": "loss outside a photo's mask (name.mask.png)"}
 
 # Every input of the Train/Resume handlers, in the order they are passed.
 FORM_KEYS = ("checkpoint", "method", "images_dir", "uploads", "token", "class_noun", "instance_prompt", "class_prompt",
