@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .data.images import IMAGE_SUFFIXES
 from .events import CancelToken, EventSink, Progress
-from .fileio import atomic_path, write_text_atomic
+from .fileio import atomic_path, clean_stale_temps, write_text_atomic
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -81,6 +81,7 @@ def ensure_class_images(
     """
     folder = Path(config.class_data_dir) if config.class_data_dir else default_class_dir(config, spec)
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(folder)   # images a killed run was writing
     want = config.num_class_images
     have = existing_images(folder)
     if len(have) >= want:

@@ -108,7 +108,6 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     starts with '.' and ends in '.tmp', so neither A1111 nor ComfyUI lists it.
     """
     out = check_output(path, overwrite)
-    clean_stale_temps(out.parent)
     tmp = temp_name(out)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -84,10 +84,9 @@ def contained(value: object, what: str, roots: Iterable[str | os.PathLike], base
     """
     text = _filled(value, what, "give a folder or file")
     expanded = Path(os.path.expanduser(text))
-    if base is not None and not expanded.is_absolute():
-        expanded = Path(base) / expanded
-    path = expanded.resolve()
-    if anywhere and Path(text).is_absolute():
+    absolute = expanded.is_absolute()
+    path = (expanded if absolute or base is None else Path(base) / expanded).resolve()
+    if anywhere and absolute:
         return path
     roots = [Path(r) for r in roots]
     if any(is_inside(path, root) for root in roots):

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from .errors import OutputExistsError, UserError
-from .fileio import atomic_path
+from .fileio import atomic_path, clean_stale_temps
 
 # Artifact kinds (events.Artifact.kind) that a host lists, and the suffix each is saved with.
 HOST_KINDS = {"checkpoint": ".safetensors", "lora": ".safetensors", "embedding": ".safetensors", "hypernetwork": ".pt"}
@@ -51,6 +51,7 @@ def publish(src: str | os.PathLike, kind: str, name: str, folder: str | os.PathL
     if not source.is_file():
         raise UserError(f"artifact not found: {source}")
     dest = destination(kind, name, folder)
+    clean_stale_temps(dest.parent)   # what a killed copy into the host's folder left
     with atomic_path(dest, overwrite=overwrite) as tmp:
         tmp.unlink()
         try:

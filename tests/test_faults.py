@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dreambooth_core.errors import UserError
-from dreambooth_core.fileio import atomic_path, clean_stale_temps, save_safetensors, write_bytes_atomic
+from dreambooth_core.fileio import clean_stale_temps, save_safetensors, write_bytes_atomic
+from dreambooth_core.publish import publish
 from dreambooth_core.train.run_dir import RunDir
 from dreambooth_core.train.state import DamagedState, TrainingState, load_state, save_state
 
@@ -106,8 +107,9 @@ def test_a_killed_saves_leftovers_are_cleaned_at_the_next_start_and_a_live_ones_
     live.write_bytes(b"being written")
     user = tmp_path / ".my.notes.tmp"
     user.write_text("not ours")
-    with atomic_path(tmp_path / "new.bin") as tmp:
-        tmp.write_bytes(b"x")
+    source = tmp_path / "run.safetensors"
+    source.write_bytes(b"x")
+    publish(source, "lora", "new", tmp_path)   # the next copy into that folder
     assert not stale.exists() and not stale_dir.exists() and live.exists() and user.exists()
     assert clean_stale_temps(tmp_path) == []
 

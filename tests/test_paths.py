@@ -44,10 +44,12 @@ def test_contained_refuses_every_way_out(tmp_path, monkeypatch):
     canary.assert_intact()
 
 
-def test_the_operator_switch_lets_absolute_paths_through_but_not_relative_escapes(tmp_path):
+def test_the_operator_switch_lets_absolute_paths_through_but_not_relative_escapes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
     root = tmp_path / "root"
     root.mkdir()
     assert contained(str(tmp_path / "elsewhere"), "folder", [root], anywhere=True) == tmp_path / "elsewhere"
+    assert contained("~/elsewhere", "folder", [root], base=root, anywhere=True) == tmp_path / "elsewhere"
     with pytest.raises(OutsideRoots, match="outside the folders"):
         contained("../elsewhere", "folder", [root], base=root, anywhere=True)
 
