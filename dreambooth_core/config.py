@@ -15,25 +15,22 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from .errors import ConfigError
+from .registry import METHODS as _METHODS, NETWORKS as _NETWORKS
 
-METHODS = ("dreambooth", "lora", "textual_inversion", "hypernetwork")
+METHODS = tuple(_METHODS)
+NETWORKS = tuple(_NETWORKS)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "sgd")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAMPLERS = ("ddim", "euler_a", "dpmpp_2m", "pndm", "lms", "euler")
 ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
-SAVE_FORMATS = {
-    "dreambooth": ("single-file", "diffusers"),
-    "lora": ("kohya", "peft"),
-    "textual_inversion": ("safetensors",),
-    "hypernetwork": ("pt",),
-}
+SAVE_FORMATS = {name: spec.save_formats for name, spec in _METHODS.items()}
 
 
 @dataclass
 class TrainConfig:
     # what and on what
-    method: Literal["dreambooth", "lora", "textual_inversion", "hypernetwork"] = "lora"
+    method: str = "lora"                 # registry.METHODS
     base_model: str = ""
     family: str | None = None            # override detection: sd1, sd2, sd2-v, sdxl
 
@@ -83,6 +80,7 @@ class TrainConfig:
     alpha: float = 8.0
     conv_rank: int = 0
     conv_alpha: float | None = None
+    network: str = "lora"                # registry.NETWORKS: lora, loha, lokr
     train_text_encoder: bool = False
 
     # textual inversion
@@ -153,6 +151,7 @@ class TrainConfig:
     def validate(self, check_paths: bool = True) -> "TrainConfig":
         """Raise ConfigError naming the key and what to do; return self when all is well."""
         choice("method", self.method, METHODS)
+        choice("network", self.network, NETWORKS)
         choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
@@ -186,6 +185,8 @@ class TrainConfig:
             raise ConfigError(f"token must be one word such as 'zwx' (got {self.token!r})")
         if self.method in ("dreambooth", "lora") and self.with_prior_preservation and not self.class_noun.strip():
             raise ConfigError("class_noun is needed for prior preservation: name the class of your subject, e.g. 'dog'")
+        if self.network != "lora" and "peft" in self.save_formats:
+            raise ConfigError(f"save_formats: a {self.network} network is saved in the LyCORIS layout the hosts read; 'peft' is for network = 'lora'")
         if self.method == "hypernetwork" and (len(self.layer_structure) < 2 or self.layer_structure[0] != 1 or self.layer_structure[-1] != 1):
             raise ConfigError(f"layer_structure must start and end with 1, e.g. [1, 2, 1] (got {self.layer_structure})")
         for tmpl_key in ("instance_prompt", "class_prompt"):

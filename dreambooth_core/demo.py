@@ -181,13 +181,12 @@ def run_demo(
     return table
 
 
-HOST_FOLDERS = {"checkpoint": "Stable-diffusion", "lora": "Lora", "embedding": "embeddings", "hypernetwork": "hypernetworks"}
-
-
 def _collect(result, out: Path) -> None:
     """Copy the run's host files into out/models/<A1111 folder>/ and its loss plot beside them."""
+    from .registry import KINDS
+
     for artifact in result.outputs:
-        folder = HOST_FOLDERS.get(artifact.kind)
+        folder = KINDS[artifact.kind].a1111_folder if artifact.kind in KINDS else None
         if folder:
             dest = out / "models" / folder
             dest.mkdir(parents=True, exist_ok=True)
