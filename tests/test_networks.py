@@ -54,6 +54,15 @@ def peft_deltas(model, network: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def text_outputs_of(model, prompt: str = "a photo of zwx dog") -> list[torch.Tensor]:
+    out = []
+    for tok, te in zip(model.tokenizers, model.text_encoders):
+        ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out.append(te(ids)[0])
+    return out
+
+
 def base_weights(family: str) -> dict[str, torch.Tensor]:
     base = tiny_base_model(family)
     names = names_for_model(base)
@@ -126,3 +135,32 @@ def test_lycoris_file_is_refused_by_plain_lora_tools(tmp_path, network):
     path = write_lycoris(network_type(network), modules, tmp_path / "n.safetensors", model.family, 4, 2.0)
     with pytest.raises(FormatError, match="LoHa|LoKr"):
         read_lora(path)
+
+
+@pytest.mark.parametrize("network", LYCORIS)
+def test_trained_network_file_reproduces_the_trained_model(tmp_path, network):
+    """A real run (text encoders and 3×3 convs on): the file, merged as the hosts apply it,
+    gives the trained model's outputs; it differs from the base; resume refuses another type."""
+    from test_train_support import tiny_config, train, unet_output
+
+    from dreambooth_core.apply import apply_artifact
+    from dreambooth_core.errors import UserError
+
+    cfg = tiny_config(tmp_path, network=network, train_text_encoder=True, conv_rank=2, conv_alpha=1.0, learning_rate=1e-2)
+    result, _, trained = train(cfg, "sd1")
+    (artifact,) = [a for a in result.outputs if a.kind == "lora"]
+    assert artifact.prompt_hint == "<lora:zwx_dog:0.8>"
+    state = load_file(artifact.path)
+    assert any(".hada_w1_a" in k or ".lokr_w1" in k for k in state) and any(k.startswith("lora_te_") for k in state)
+    base = tiny_base_model("sd1")
+    before = unet_output(base)
+    merged = apply_artifact(base, "lora", artifact.path)
+    assert not torch.allclose(before, unet_output(merged), atol=1e-4)
+    torch.testing.assert_close(unet_output(merged), unet_output(trained), atol=1e-4, rtol=1e-4)
+    for a, b in zip(text_outputs_of(merged), text_outputs_of(trained)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+    other = "lokr" if network == "loha" else "loha"
+    with pytest.raises(UserError, match="does not match this lora run"):
+        train(tiny_config(tmp_path, network=other, train_text_encoder=True, conv_rank=2, conv_alpha=1.0,
+                          max_train_steps=4, resume_from="latest", overwrite=True), "sd1")

@@ -51,6 +51,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     from ..formats.lora import read_lora
     from ..formats.lora_tools import merge_loras
+    from ..formats.networks import merge_network, read_network_file
     from ..models.loading import save_single_file
 
     out = Path(args.out)
@@ -58,9 +59,14 @@ def run_merge(args: argparse.Namespace) -> int:
     _check_paths(out, args.overwrite, Path(args.base), *(p for p, _ in loras))
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"{out}: merged models are written as one .safetensors file")
-    weights = [(read_lora(p), w) for p, w in loras]  # read all before the slow load; --family is the base's
+    # read all before the slow load (--family is the base's); LoHa/LoKr networks merge by their own math
+    networks = {p: read_network_file(p) for p, _ in loras}
+    weights = [(read_lora(p), w) for p, w in loras if networks[p] is None]
     model = _load(args.base, args.family, args.dtype)
     merge_loras(model, weights)
+    for p, w in loras:
+        if networks[p] is not None:
+            merge_network(model, networks[p], w)
     merged = ", ".join([Path(args.base).name, *(f"{p.name}:{w:g}" for p, w in loras)])
     save_single_file(model, out, dtype=args.dtype, metadata={"modelspec.title": out.stem, "modelspec.merged_from": merged}, overwrite=args.overwrite)
     print(f"wrote {out} ({model.family.title}, {len(loras)} LoRA{'s' if len(loras) > 1 else ''} merged, {args.dtype})")

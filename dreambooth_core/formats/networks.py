@@ -33,6 +33,8 @@ from ..fileio import save_safetensors
 if TYPE_CHECKING:
     import torch
 
+    from ..models.base import BaseModel
+
 LYCORIS_MODULE = "lycoris.kohya"  # ss_network_module of files LyCORIS's kohya wrapper writes
 
 
@@ -211,8 +213,47 @@ def is_lycoris(keys: list[str]) -> bool:
     return any(k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a")) for k in keys)
 
 
-def math_refusal(operation: str) -> str:
-    """Why `operation` (resize, extract …) cannot take a LoHa/LoKr file."""
-    return (f"{operation} works on plain LoRA (down/up) files only: a LoHa/LoKr weight change is a "
-            "Hadamard/Kronecker product with no rank-r down/up factors to cut or compare")
+def read_network_file(path: str | Path) -> dict[str, dict[str, "torch.Tensor"]] | None:
+    """The modules of a LoHa/LoKr `.safetensors` file; None when it is not one (a plain LoRA)."""
+    from ..fileio import load_state_dict, read_shapes, require_file
 
+    p = require_file(path, "network file")
+    if p.suffix != ".safetensors" or not is_lycoris(list(read_shapes(p))):
+        return None
+    return read_lycoris(load_state_dict(p), p)
+
+
+def merge_network(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor"]], multiplier: float = 1.0) -> "BaseModel":
+    """Add a LoHa/LoKr network into `model`'s weights in place, as the hosts apply it.
+
+    Checked before anything changes: every module must name a layer of `model` whose size
+    its weight change has, else FamilyError (a network of another model would do harm)."""
+    import torch
+
+    from ..errors import FamilyError
+    from .lora_keys import model_parts, names_for_model
+
+    names, parts = names_for_model(model), model_parts(model)
+    plan = []
+    for key, slots in modules.items():
+        found = names.module(key)
+        weight = parts[found[0]].get_submodule(found[1]).weight if found else None
+        try:
+            delta = lycoris_delta(slots, tuple(weight.shape)) if weight is not None else None
+        except RuntimeError:  # shapes that do not multiply out to this layer
+            delta = None
+        if delta is None:
+            raise FamilyError(f"network module {key} fits no layer of this {model.family.title} model: "
+                              "use the base model the network was trained on")
+        plan.append((weight, delta))
+    with torch.no_grad():
+        for weight, delta in plan:
+            weight.copy_((weight.float() + multiplier * delta).to(weight.dtype))
+    return model
+
+
+def math_refusal(operation: str) -> str:
+    """Why `operation` (resize, extract, convert) cannot take a LoHa/LoKr file."""
+    return (f"{operation} works on plain LoRA (down/up) files only: a LoHa/LoKr weight change is a "
+            "Hadamard/Kronecker product with no rank-r down/up factors to cut or rename; "
+            "merge it into a checkpoint (lora merge) or load it in A1111/ComfyUI as it is")

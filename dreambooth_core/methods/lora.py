@@ -54,6 +54,11 @@ class LoraMethod(Method):
         if self.trains_text_encoder:
             for te in m.text_encoders:
                 te.add_adapter(self.lora_config(te, lora_target_modules(te)), adapter_name=ADAPTER)
+        if cfg.network != "lora":
+            from ..train.packed_convs import keep_dense
+
+            for name in targets:  # LyCORIS layers read their base weight's shape at every step
+                keep_dense(m.unet.get_submodule(name).get_base_layer())
 
     def trainable_modules(self) -> dict[str, "torch.nn.Module"]:
         out: dict[str, torch.nn.Module] = {"unet": self.model.unet}
