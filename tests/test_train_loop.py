@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from test_train_support import Recorder, make_images, train, tiny_config
 
 from dreambooth_core.errors import OutputExistsError, UserError
+from dreambooth_core.fileio import read_safetensors_metadata
 
 
 def class_dir(tmp_path, n=2):
@@ -171,6 +173,33 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(tmp_path):
     # the loss history continues where the state was saved
     steps = [int(line.split(",")[0]) for line in (second.run_dir / "loss.csv").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3, 4]
+
+
+def test_finished_run_continued_with_more_steps_equals_a_longer_run(tmp_path):
+    """8 steps, then resumed to 16: bit for bit the 16-step run, and the run's own artifact is
+    replaced (nothing else); a file of that name the run did not write is still refused."""
+    settings = dict(train_batch_size=2, random_flip=True, noise_offset=0.05, adam_weight_decay=0.1)
+    full, _, _ = train(tiny_config(tmp_path / "a", max_train_steps=16, **settings))
+    cfg = tiny_config(tmp_path / "b", max_train_steps=8, **settings)
+    first, _, _ = train(cfg)
+    artifact = Path(first.outputs[0].path)
+    assert first.status == "completed" and read_safetensors_metadata(artifact)["ss_steps"] == "8"
+
+    cfg.max_train_steps, cfg.resume_from = 16, "latest"
+    second, rec, _ = train(cfg)
+    assert rec.events[0].start_step == 8 and second.step == 16
+    a, b = trained_weights(full, 16), trained_weights(second, 16)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "continued run differs from the longer one"
+    assert Path(second.outputs[0].path) == artifact and read_safetensors_metadata(artifact)["ss_steps"] == "16"
+    assert sorted(p.name for p in artifact.parent.iterdir()) == [artifact.name]
+    full_file, continued = load_file(full.outputs[0].path), load_file(str(artifact))
+    assert all(torch.equal(full_file[k], continued[k]) for k in full_file)
+
+    # a state that is not the one the final artifact was written at: that file is not this state's result
+    cfg.max_train_steps = 20
+    (second.run_dir / "final.json").write_text('{"step": 12, "outputs": ["zwx_dog.safetensors"]}')
+    with pytest.raises(OutputExistsError, match="zwx_dog.safetensors already exists"):
+        train(cfg)
 
 
 @pytest.mark.slow

@@ -184,10 +184,12 @@ class Trainer:
         self.acc = acc = make_accelerator(cfg)
         self.run_dir = rd = RunDir.for_config(cfg)
         resume = rd.resume_folder(cfg.resume_from)
+        # a finished run continued from its last state replaces its own final artifacts
+        self.own_finals = rd.own_final_outputs(saved_step(resume)) if resume is not None else set()
         if resume is None:
             rd.check_fresh(cfg.overwrite)
         elif not cfg.overwrite:
-            rd.check_no_final_output(cfg.name)
+            rd.check_no_final_output(cfg.name, self.own_finals)
         acc.wait_for_everyone()
         if self.is_main:
             rd.create(clear=resume is None and cfg.overwrite)
@@ -527,12 +529,15 @@ class Trainer:
             info = SaveInfo(
                 # intermediate artifacts belong to this run: a resumed run rewrites them
                 out_dir=self.run_dir.outputs, stem=stem, step=self.step, final=final,
-                overwrite=cfg.overwrite or not final, base_model=self.model_name, base_model_hash=self.model_hash,
+                overwrite=cfg.overwrite or not final or bool(self.own_finals), base_model=self.model_name, base_model_hash=self.model_hash,
                 metadata=self._training_facts(),
             )
             self.emit(Progress(phase="saving", step=self.step, total=cfg.max_train_steps))
-            for artifact in self.method.save(info):
+            saved = self.method.save(info)
+            for artifact in saved:
                 self._announce(artifact)
+            if final:
+                self.run_dir.record_final(self.step, [a.path for a in saved])
         self.acc.wait_for_everyone()
 
     def _announce(self, artifact: Artifact) -> None:
