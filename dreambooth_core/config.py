@@ -92,6 +92,10 @@ class TrainConfig:
     activation: str = "linear"
     hypernetwork_layer_norm: bool = False
 
+    # weight average (train.ema): saved and drawn instead of the raw weights when ema_decay is set
+    ema_decay: float | None = None
+    ema_start_step: int = 0
+
     # checkpoints
     checkpointing_steps: int = 0         # 0: only at the end (and on cancel)
     resume_from: str | None = None       # "latest" or a state folder
@@ -179,6 +183,10 @@ class TrainConfig:
             raise ConfigError("num_class_images must be greater than 0 when with_prior_preservation is on")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
             raise ConfigError(f"resolution must be a multiple of 8 and at least 64 (got {self.resolution})")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999, or left unset (got {self.ema_decay})")
+        if self.ema_start_step < 0:
+            raise ConfigError(f"ema_start_step must not be negative (got {self.ema_start_step})")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma must be greater than 0, or left unset (got {self.snr_gamma})")
         if not self.token.strip() or any(c.isspace() for c in self.token.strip()):

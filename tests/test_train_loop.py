@@ -331,3 +331,40 @@ def test_optional_optimizers_explain_what_to_install(tmp_path, optimizer, packag
         pytest.skip(f"{package} is installed")
     with pytest.raises(UserError, match=f"pip install {package}"):
         train(tiny_config(tmp_path, optimizer=optimizer))
+
+
+# ---- weight average (EMA) -----------------------------------------------------------------------
+def test_weight_average_is_what_is_saved_and_left_in_the_model(tmp_path):
+    from dreambooth_core.formats.lora import read_lora
+    from dreambooth_core.formats.lora_tools import merge_loras
+    from dreambooth_core.methods.lora import LoraMethod
+    from dreambooth_core.models.tiny import tiny_base_model
+    from test_train_support import unet_output
+
+    cfg = tiny_config(tmp_path, max_train_steps=3, checkpointing_steps=1, ema_decay=0.9)
+    result, _, trained = train(cfg)
+    names = list(LoraMethod(cfg, trained).state_dict())  # the order the average keeps the weights in
+    s2, s3 = trained_weights(result, 2), trained_weights(result, 3)
+    decay = min((1 + 2) / (10 + 2), 0.9)  # diffusers' warm-up at the third update
+    for i, name in enumerate(names):
+        torch.testing.assert_close(s3[f"ema/{i}"], decay * s2[f"ema/{i}"] + (1 - decay) * s3[name])
+    assert any(not torch.allclose(s3[f"ema/{i}"], s3[n]) for i, n in enumerate(names))
+    live = LoraMethod(cfg, trained).state_dict()
+    assert all(torch.equal(live[n], s3[f"ema/{i}"]) for i, n in enumerate(names))
+    merged = merge_loras(tiny_base_model("sd1"), [(read_lora(result.outputs[0].path), 1.0)])
+    torch.testing.assert_close(unet_output(merged), unet_output(trained), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_weight_average_continues_across_a_resume(tmp_path):
+    settings = dict(ema_decay=0.8, ema_start_step=1)
+    full, _, _ = train(tiny_config(tmp_path / "a", max_train_steps=4, **settings))
+    cfg = tiny_config(tmp_path / "b", max_train_steps=2, **settings)
+    train(cfg)
+    cfg.max_train_steps, cfg.resume_from = 4, "latest"
+    second, _, _ = train(cfg)
+    a, b = load_file(full.outputs[0].path), load_file(second.outputs[0].path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg.max_train_steps, cfg.ema_decay = 6, None
+    with pytest.raises(UserError, match="ema_decay was 0.8 and is now None"):
+        train(cfg)

@@ -9,6 +9,7 @@ run with one process and N times the batch.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -27,6 +28,7 @@ from .loss import dreambooth_loss, min_snr_weights, per_example_mse, sample_nois
 from .packed_convs import packed_frozen_convolutions, packing_cost
 from .prompts import PromptCache, common_word_warning
 from .result import RunResult
+from .ema import WeightAverage, split_state
 from .run_dir import RunDir
 from .state import TrainingState, check_compatible, load_state, restore_rng, resume_settings, rng_states, save_state, saved_step
 
@@ -119,6 +121,16 @@ def log_line(event: Event) -> tuple[str, str] | None:
     return None
 
 
+def _with_average(fn):
+    """Run `fn` with the weight average (train.ema) in the trained weights, when there is one:
+    what is saved and drawn is the average."""
+    @functools.wraps(fn)
+    def wrapper(self: "Trainer", *args, **kwargs):
+        with self.ema.swapped_in() if self.ema is not None else nullcontext():
+            return fn(self, *args, **kwargs)
+    return wrapper
+
+
 class Trainer:
     """One run. `model` (with `model_name`) lets tests and in-process hosts train a model
     that is already loaded; otherwise `config.base_model` is loaded."""
@@ -136,6 +148,7 @@ class Trainer:
         self.step = 0
         self.micro_step = 0
         self.acc = None
+        self.ema: WeightAverage | None = None
 
     # ---- events ----------------------------------------------------------------------
     @property
@@ -215,6 +228,7 @@ class Trainer:
         if cfg.optimizer == "prodigy" and cfg.learning_rate < 0.1:
             self.warn(f"prodigy sets its own step size and expects learning_rate=1.0 (got {cfg.learning_rate}): training will barely move")
         self.params = method.parameters()
+        self.ema = WeightAverage.for_config(cfg, self.params)
         self.optimizer = acc.prepare(build_optimizer(cfg, method.param_groups()))
         from diffusers.optimization import get_scheduler
 
@@ -329,7 +343,10 @@ class Trainer:
         if state.step >= self.config.max_train_steps:
             raise UserError(f"the state in {folder} is already at step {state.step} of {self.config.max_train_steps}: "
                             "raise max_train_steps to train further")
-        self.method.load_state_dict(state.weights)
+        weights, average = split_state(state.weights)
+        self.method.load_state_dict(weights)
+        if self.ema is not None:
+            self.ema.load_state_dict(average)
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.scheduler)
         restore_rng(state.rng)
@@ -374,6 +391,8 @@ class Trainer:
                     return self._stop_cancelled()
                 losses, lr = self._optimizer_step()
                 self.step += 1
+                if self.ema is not None:
+                    self.ema.update()
                 elapsed = time.monotonic() - t0
                 eta = elapsed / (self.step - first) * (cfg.max_train_steps - self.step)
                 self.emit(Progress(phase="train", step=self.step, total=cfg.max_train_steps, eta_seconds=eta,
@@ -394,6 +413,8 @@ class Trainer:
                         self.method.train(True)
             self.method.train(False)
             self._save_state()
+            if self.ema is not None:
+                self.ema.apply()  # the average is the result: saved, drawn and left in the model
             self._save_artifacts(cfg.name, final=True)
             self.method.finish()
         except Cancelled:
@@ -514,13 +535,15 @@ class Trainer:
     def _save_state(self) -> None:
         if self.is_main:
             folder = save_state(self.run_dir.state, TrainingState(
-                step=self.step, micro_step=self.micro_step, weights=self.method.state_dict(),
+                step=self.step, micro_step=self.micro_step,
+                weights={**self.method.state_dict(), **(self.ema.state_dict() if self.ema is not None else {})},
                 optimizer=self.optimizer.state_dict(), scheduler=self.lr_scheduler.state_dict(),
                 rng=rng_states(), settings=resume_settings(self.config),
             ))
             self._announce(Artifact(kind="state", path=str(folder), name=folder.name, final=False))
         self.acc.wait_for_everyone()
 
+    @_with_average
     def _save_artifacts(self, stem: str, final: bool) -> None:
         from ..methods.base import SaveInfo
 
@@ -614,6 +637,7 @@ class Trainer:
         return SummaryWriter(str(self.run_dir.root / "tensorboard"))
 
     # ---- validation --------------------------------------------------------------------
+    @_with_average
     def _validate(self) -> None:
         """Images for every validation prompt with fixed seeds (the same at every step)."""
         cfg = self.config

@@ -32,7 +32,7 @@ KEEP_STATES = 2  # full-model states are large: keep the newest two
 # Settings that must match for a resumed run to continue the same trajectory.
 RESUME_KEYS = ("method", "network", "train_batch_size", "gradient_accumulation_steps", "seed", "rank", "alpha", "conv_rank",
                "train_text_encoder", "num_vectors", "layer_structure", "activation", "hypernetwork_layer_norm",
-               "with_prior_preservation", "optimizer")
+               "with_prior_preservation", "optimizer", "ema_decay", "ema_start_step")
 
 
 @dataclass
