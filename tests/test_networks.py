@@ -164,3 +164,33 @@ def test_trained_network_file_reproduces_the_trained_model(tmp_path, network):
     with pytest.raises(UserError, match=f"network was '{network}' and is now '{other}'"):
         train(tiny_config(tmp_path, network=other, train_text_encoder=True, conv_rank=2, conv_alpha=1.0,
                           max_train_steps=4, resume_from="latest"), "sd1")
+
+
+@pytest.mark.parametrize("network", LYCORIS)
+def test_file_reads_back_into_peft(tmp_path, network):
+    """The written file, injected into a fresh model as a peft adapter, gives the trained outputs."""
+    from test_train_support import unet_output
+
+    from dreambooth_core.formats.networks import network_into_peft, read_network_file
+
+    model, _ = trained_network("sd1", network)
+    modules = lycoris_from_peft_model(network_type(network), model.unet, model.text_encoders, model.family)
+    path = write_lycoris(network_type(network), modules, tmp_path / "n.safetensors", model.family, 4, 2.0, (3, 1.5))
+    fresh = network_into_peft(tiny_base_model("sd1"), read_network_file(path))
+    assert not torch.allclose(unet_output(tiny_base_model("sd1")), unet_output(model), atol=1e-4)
+    torch.testing.assert_close(unet_output(fresh), unet_output(model), atol=1e-5, rtol=1e-4)
+    for a, b in zip(text_outputs_of(fresh), text_outputs_of(model)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_resize_and_convert_refuse_networks_clearly(tmp_path, capsys):
+    from dreambooth_core.cli import main
+
+    model, _ = trained_network("sd1", "loha", conv_rank=0)
+    modules = lycoris_from_peft_model(network_type("loha"), model.unet, model.text_encoders, model.family)
+    path = write_lycoris(network_type("loha"), modules, tmp_path / "n.safetensors", model.family, 4, 2.0)
+    assert main(["lora", "resize", str(path), str(tmp_path / "r.safetensors"), "--rank", "2"]) == 1
+    assert main(["lora", "convert", str(path), str(tmp_path / "c.safetensors"), "--to", "peft"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("is a LoHa/LoKr network: lora") == 2 and "Hadamard/Kronecker" in err
+    assert not (tmp_path / "r.safetensors").exists() and not (tmp_path / "c.safetensors").exists()

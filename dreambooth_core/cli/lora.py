@@ -37,11 +37,20 @@ def _load(path: str, family: str | None, dtype: str):
     return load_base_model(path, family=family, dtype=dtype)
 
 
+def _refuse_networks(src: Path, operation: str) -> None:
+    """LoHa/LoKr files have no down/up factors: say so instead of a key error."""
+    from ..formats.networks import math_refusal, read_network_file
+
+    if read_network_file(src) is not None:
+        raise UserError(f"{src} is a LoHa/LoKr network: {math_refusal(operation)}")
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from ..formats.lora import convert_lora
 
     src, out = Path(args.src), Path(args.out)
     _check_paths(out, args.overwrite, src)
+    _refuse_networks(src, "lora convert")
     base = _load(args.base, args.family, "fp16") if args.base else None
     convert_lora(src, out, to=args.to, base=base, family=args.family, overwrite=args.overwrite)
     print(f"wrote {out} ({args.to} layout)")
@@ -96,6 +105,7 @@ def run_resize(args: argparse.Namespace) -> int:
 
     src, out = Path(args.src), Path(args.out)
     _check_paths(out, args.overwrite, src)
+    _refuse_networks(src, "lora resize")
     weights = resize_lora(read_lora(src, family=args.family), args.rank)
     write_kohya(weights, out, overwrite=args.overwrite)
     print(f"wrote {out} (rank {args.rank})")

@@ -252,8 +252,52 @@ def merge_network(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor
     return model
 
 
+def network_into_peft(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor"]], adapter_name: str = "default") -> "BaseModel":
+    """Inject a LoHa/LoKr file's modules into `model` as the peft adapter `adapter_name`, so it
+    computes what the hosts do (to sample or train on with peft). LoKr's whole factors load
+    as peft's whole `lokr_w1`/`lokr_w2` with alpha = r (scale 1: the file's scale is in w1)."""
+    import collections
+
+    import torch
+    from peft import inject_adapter_in_model
+
+    from ..errors import FamilyError
+    from .lora_keys import model_parts, names_for_model
+
+    names, parts = names_for_model(model), model_parts(model)
+    lokr = any("lokr_w1" in s for s in modules.values())
+    net = LOKR if lokr else LOHA
+    plan: dict[str, dict[str, tuple[int, float, dict[str, torch.Tensor]]]] = collections.defaultdict(dict)
+    for key, slots in modules.items():
+        found = names.module(key)
+        if found is None or (lokr and not {"lokr_w1", "lokr_w2"} <= set(slots)) or (not lokr and "hada_w1_b" not in slots):
+            raise FamilyError(f"network module {key} names no layer of this {model.family.title} model, or is not "
+                              "a LoHa/LoKr module written with whole LoKr factors")
+        if lokr:
+            w2 = slots["lokr_w2"]
+            r = int(sum(w2.shape))  # large enough that peft keeps lokr_w2 whole
+            plan[found[0]][found[1]] = (r, float(r), slots)
+        else:
+            plan[found[0]][found[1]] = (int(slots["hada_w1_b"].shape[0]), float(slots["alpha"]), slots)
+    for part, entries in plan.items():
+        first = next(iter(entries.values()))
+        config = net.config(sorted(entries), first[0], first[1], {n: (r, a) for n, (r, a, _) in entries.items()})
+        inject_adapter_in_model(config, parts[part], adapter_name=adapter_name)
+        with torch.no_grad():
+            for name, (_, _, slots) in entries.items():
+                layer = parts[part].get_submodule(name)
+                for slot, tensor in slots.items():
+                    if slot == "alpha":
+                        continue
+                    target = getattr(layer, slot)[adapter_name]
+                    if target.numel() != tensor.numel():
+                        raise FamilyError(f"network module {name}: {slot} has {tuple(tensor.shape)}, peft expects {tuple(target.shape)}")
+                    target.copy_(tensor.reshape(target.shape))
+    return model
+
+
 def math_refusal(operation: str) -> str:
-    """Why `operation` (resize, extract, convert) cannot take a LoHa/LoKr file."""
+    """Why `operation` (resize, convert) cannot take a LoHa/LoKr file."""
     return (f"{operation} works on plain LoRA (down/up) files only: a LoHa/LoKr weight change is a "
-            "Hadamard/Kronecker product with no rank-r down/up factors to cut or rename; "
-            "merge it into a checkpoint (lora merge) or load it in A1111/ComfyUI as it is")
+            "Hadamard/Kronecker product with no rank-r down/up factors to cut, and diffusers has no "
+            "layout for it; merge it into a checkpoint (lora merge) or load it in A1111/ComfyUI as it is")
