@@ -194,3 +194,23 @@ def test_resize_and_convert_refuse_networks_clearly(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("is a LoHa/LoKr network: lora") == 2 and "Hadamard/Kronecker" in err
     assert not (tmp_path / "r.safetensors").exists() and not (tmp_path / "c.safetensors").exists()
+
+
+def test_lora_merge_takes_networks_and_keeps_the_base_precision(tmp_path, capsys):
+    from test_train_support import unet_output
+
+    from dreambooth_core.cli import main
+    from dreambooth_core.formats.networks import merge_network, read_network_file
+    from dreambooth_core.models.loading import load_base_model, save_single_file
+
+    model, _ = trained_network("sd1", "lokr")
+    modules = lycoris_from_peft_model(network_type("lokr"), model.unet, model.text_encoders, model.family)
+    path = write_lycoris(network_type("lokr"), modules, tmp_path / "n.safetensors", model.family, 4, 2.0, (3, 1.5))
+    base = save_single_file(tiny_base_model("sd1"), tmp_path / "base.safetensors", dtype="fp32")
+    out = tmp_path / "merged.safetensors"
+    assert main(["lora", "merge", "--base", str(base), "--lora", f"{path}:0.5", str(out)]) == 0
+    assert "fp32, as the base is stored" in capsys.readouterr().out
+    assert {t.dtype for t in load_file(out).values()} == {torch.float32}
+    expected = merge_network(load_base_model(base), read_network_file(path), 0.5)
+    torch.testing.assert_close(unet_output(load_base_model(out)), unet_output(expected), atol=0, rtol=0)
+    assert not torch.allclose(unet_output(expected), unet_output(load_base_model(base)), atol=1e-4)

@@ -62,6 +62,7 @@ def run_merge(args: argparse.Namespace) -> int:
     from ..formats.lora_tools import merge_loras
     from ..formats.networks import merge_network, read_network_file
     from ..models.loading import save_single_file
+    from .convert import stored_dtype
 
     out = Path(args.out)
     loras = [_parse_lora_arg(text) for text in args.lora]
@@ -71,14 +72,15 @@ def run_merge(args: argparse.Namespace) -> int:
     # read all before the slow load (--family is the base's); LoHa/LoKr networks merge by their own math
     networks = {p: read_network_file(p) for p, _ in loras}
     weights = [(read_lora(p), w) for p, w in loras if networks[p] is None]
-    model = _load(args.base, args.family, args.dtype)
+    dtype = args.dtype or stored_dtype(Path(args.base))
+    model = _load(args.base, args.family, dtype)
     merge_loras(model, weights)
     for p, w in loras:
         if networks[p] is not None:
             merge_network(model, networks[p], w)
     merged = ", ".join([Path(args.base).name, *(f"{p.name}:{w:g}" for p, w in loras)])
-    save_single_file(model, out, dtype=args.dtype, metadata={"modelspec.title": out.stem, "modelspec.merged_from": merged}, overwrite=args.overwrite)
-    print(f"wrote {out} ({model.family.title}, {len(loras)} LoRA{'s' if len(loras) > 1 else ''} merged, {args.dtype})")
+    save_single_file(model, out, dtype=dtype, metadata={"modelspec.title": out.stem, "modelspec.merged_from": merged}, overwrite=args.overwrite)
+    print(f"wrote {out} ({model.family.title}, {len(loras)} LoRA{'s' if len(loras) > 1 else ''} merged, {dtype}{'' if args.dtype else ', as the base is stored'})")
     return 0
 
 
@@ -139,7 +141,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--base", metavar="MODEL", required=True, help="base model: single file or diffusers folder")
     q.add_argument("--lora", metavar="FILE[:WEIGHT]", action="append", required=True, help="LoRA to merge, with its strength (default 1); repeatable")
     q.add_argument("out", metavar="OUT", help="output .safetensors checkpoint")
-    q.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="precision of OUT (default fp16)")
+    q.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="precision of OUT (default: the base model's)")
     common(q)
     q.set_defaults(func=run_merge)
 
