@@ -47,7 +47,6 @@ class NetworkSpec:
     name: str
     impl: str
     lycoris_algo: str | None
-    conv: bool = True       # whether 3×3 convolutions can carry it (conv_rank)
 
 
 KINDS: dict[str, ArtifactKind] = {}

@@ -46,7 +46,7 @@ class NetworkType:
     peft_config: str                           # class name in peft
     layer_class: str                           # "module:Class" of its peft layer
     export: Callable[[Any, str], dict[str, "torch.Tensor"]] | None = None  # (peft layer, adapter) → slots
-    args: tuple[tuple[str, str], ...] = ()     # extra ss_network_args LyCORIS writes
+    args: tuple[tuple[str, str], ...] = ()     # ss_network_args LyCORIS writes besides algo and conv
 
     def config(self, targets: list[str], rank: int, alpha: float, conv: dict[str, tuple[int, float]]):
         """The peft config: `rank`/`alpha` for `targets`, per-name (rank, alpha) for the convolutions in `conv`."""
@@ -89,8 +89,8 @@ def _lokr_export(layer: Any, adapter: str) -> dict[str, "torch.Tensor"]:
 
 
 LORA = NetworkType("lora", "LoraConfig", "peft.tuners.lora:LoraLayer")
-LOHA = NetworkType("loha", "LoHaConfig", "peft.tuners.loha:LoHaLayer", _loha_export, (("algo", "loha"),))
-LOKR = NetworkType("lokr", "LoKrConfig", "peft.tuners.lokr:LoKrLayer", _lokr_export, (("algo", "lokr"), ("factor", "-1")))
+LOHA = NetworkType("loha", "LoHaConfig", "peft.tuners.loha:LoHaLayer", _loha_export)
+LOKR = NetworkType("lokr", "LoKrConfig", "peft.tuners.lokr:LoKrLayer", _lokr_export, (("factor", "-1"),))
 
 
 def network_type(name: str) -> NetworkType:
@@ -134,10 +134,11 @@ def lycoris_metadata(net: NetworkType, family: Family, output_name: str, rank: i
                      conv: tuple[int, float] | None, metadata: dict[str, Any] | None = None) -> dict[str, str]:
     """The `ss_*`/`modelspec.*` header as LyCORIS's kohya wrapper writes it (`ss_network_module
     = lycoris.kohya`, the algorithm and conv settings in `ss_network_args`)."""
+    from ..registry import NETWORKS
     from .lora import LoraWeights, kohya_metadata
 
     meta = kohya_metadata(LoraWeights({}, family), family, output_name, metadata)
-    args: dict[str, str] = dict(net.args)
+    args: dict[str, str] = {"algo": NETWORKS[net.name].lycoris_algo, **dict(net.args)}
     if conv is not None:
         args.update(conv_dim=str(conv[0]), conv_alpha=str(float(conv[1])))
     meta.update({"ss_network_module": LYCORIS_MODULE, "ss_network_dim": str(rank), "ss_network_alpha": str(float(alpha)),
