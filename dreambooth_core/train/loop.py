@@ -24,11 +24,11 @@ from ..config import TrainConfig
 from ..errors import Cancelled, UserError
 from ..events import Artifact, CancelToken, Done, Error, Event, EventSink, Log, Preview, Progress, Started
 from ..data.dataset import LatentStats, TrainingData, caption_prompt, derive_seed, example_generator, make_examples
+from .ema import WeightAverage, split_state
 from .loss import dreambooth_loss, min_snr_weights, per_example_mse, sample_noise, sample_timestep, training_target
 from .packed_convs import packed_frozen_convolutions, packing_cost
 from .prompts import PromptCache, common_word_warning
 from .result import RunResult
-from .ema import WeightAverage, split_state
 from .run_dir import RunDir
 from .state import TrainingState, check_compatible, load_state, restore_rng, resume_settings, rng_states, save_state, saved_step
 
@@ -149,6 +149,7 @@ class Trainer:
         self.micro_step = 0
         self.acc = None
         self.ema: WeightAverage | None = None
+        self.own_finals: set[str] = set()  # this run's final outputs that a continuation replaces
 
     # ---- events ----------------------------------------------------------------------
     @property
