@@ -28,7 +28,11 @@ def apply_artifact(model: "BaseModel", kind: str, path: str | Path, token: str |
     if kind == "lora":
         from .formats.lora import read_lora
         from .formats.lora_tools import merge_loras
+        from .formats.networks import merge_network, read_network_file
 
+        network = read_network_file(path)
+        if network is not None:  # LoHa/LoKr
+            return merge_network(model, network, weight)
         return merge_loras(model, [(read_lora(path, family=model.family), weight)])
     if kind == "embedding":
         from .formats.embeddings import load_embedding_into, read_embedding

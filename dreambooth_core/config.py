@@ -16,8 +16,10 @@ from typing import Any, Literal, get_args, get_origin
 
 from .errors import ConfigError, UserError
 from .paths import real_path, safe_name, text_value
+from .registry import METHODS as _METHODS, NETWORKS as _NETWORKS
 
-METHODS = ("dreambooth", "lora", "textual_inversion", "hypernetwork")
+METHODS = tuple(_METHODS)
+NETWORKS = tuple(_NETWORKS)
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "sgd")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -27,18 +29,13 @@ ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid",
 # the path keys inside each of `concepts`: `client_paths` lists them all.
 PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "dataset_config")
 CONCEPT_PATH_KEYS = ("image_dir", "class_data_dir")
-SAVE_FORMATS = {
-    "dreambooth": ("single-file", "diffusers"),
-    "lora": ("kohya", "peft"),
-    "textual_inversion": ("safetensors",),
-    "hypernetwork": ("pt",),
-}
+SAVE_FORMATS = {name: spec.save_formats for name, spec in _METHODS.items()}
 
 
 @dataclass
 class TrainConfig:
     # what and on what
-    method: Literal["dreambooth", "lora", "textual_inversion", "hypernetwork"] = "lora"
+    method: str = "lora"                 # registry.METHODS
     base_model: str = ""
     family: str | None = None            # override detection: sd1, sd2, sd2-v, sdxl
 
@@ -104,6 +101,7 @@ class TrainConfig:
     alpha: float = 8.0
     conv_rank: int = 0
     conv_alpha: float | None = None
+    network: str = "lora"                # registry.NETWORKS: lora, loha, lokr
     train_text_encoder: bool = False
 
     # textual inversion
@@ -114,6 +112,10 @@ class TrainConfig:
     layer_structure: list[float] = field(default_factory=lambda: [1.0, 2.0, 1.0])
     activation: str = "linear"
     hypernetwork_layer_norm: bool = False
+
+    # weight average (train.ema): saved and drawn instead of the raw weights when ema_decay is set
+    ema_decay: float | None = None
+    ema_start_step: int = 0
 
     # checkpoints
     checkpointing_steps: int = 0         # 0: only at the end (and on cancel)
@@ -179,6 +181,7 @@ class TrainConfig:
 
             return apply_dataset_config(self).validate(check_paths)
         choice("method", self.method, METHODS)
+        choice("network", self.network, NETWORKS)
         choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
@@ -211,6 +214,10 @@ class TrainConfig:
             raise ConfigError("num_class_images must be greater than 0 when with_prior_preservation is on")
         if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
             raise ConfigError(f"resolution must be a multiple of 8 and at least 64 (got {self.resolution})")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999, or left unset (got {self.ema_decay})")
+        if self.ema_start_step < 0:
+            raise ConfigError(f"ema_start_step must not be negative (got {self.ema_start_step})")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ConfigError(f"snr_gamma must be greater than 0, or left unset (got {self.snr_gamma})")
         if not self.token.strip() or any(c.isspace() for c in self.token.strip()):
@@ -218,6 +225,8 @@ class TrainConfig:
         self.check_name()
         if self.method in ("dreambooth", "lora") and self.with_prior_preservation and not self.class_noun.strip() and not self.concepts:
             raise ConfigError("class_noun is needed for prior preservation: name the class of your subject, e.g. 'dog'")
+        if self.network != "lora" and "peft" in self.save_formats:
+            raise ConfigError(f"save_formats: a {self.network} network is saved in the LyCORIS layout the hosts read; 'peft' is for network = 'lora'")
         if self.method == "hypernetwork" and (len(self.layer_structure) < 2 or self.layer_structure[0] != 1 or self.layer_structure[-1] != 1):
             raise ConfigError(f"layer_structure must start and end with 1, e.g. [1, 2, 1] (got {self.layer_structure})")
         for tmpl_key in ("instance_prompt", "class_prompt"):

@@ -16,13 +16,12 @@ from .config import TrainConfig
 from .errors import UserError
 from .events import Artifact
 from .publish import HOST_KINDS, check_name_free, prompt_hint, publish
-
-# The artifact kind a host lists for each training method.
-METHOD_KINDS = {"dreambooth": "checkpoint", "lora": "lora", "textual_inversion": "embedding", "hypernetwork": "hypernetwork"}
+from .registry import method_kind
 
 
 def host_kind(method: str) -> str:
-    return METHOD_KINDS[method]
+    """The artifact kind a host lists for `method`."""
+    return method_kind(method)
 
 
 def check_destination(config: TrainConfig, folders: Mapping[str, str | os.PathLike]) -> Path:

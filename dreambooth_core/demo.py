@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .events import Event, EventSink, Progress
+    from .events import Event, EventSink
     from .models.base import BaseModel
     from .train.result import RunResult
 
@@ -215,13 +215,12 @@ def _environ(name: str, value: str):
             os.environ[name] = before
 
 
-HOST_FOLDERS = {"checkpoint": "Stable-diffusion", "lora": "Lora", "embedding": "embeddings", "hypernetwork": "hypernetworks"}
-
-
 def _collect(result, out: Path) -> None:
     """Copy the run's host files into out/models/<A1111 folder>/ and its loss plot beside them."""
+    from .registry import KINDS
+
     for artifact in result.outputs:
-        folder = HOST_FOLDERS.get(artifact.kind)
+        folder = KINDS[artifact.kind].a1111_folder if artifact.kind in KINDS else None
         if folder:
             dest = out / "models" / folder
             dest.mkdir(parents=True, exist_ok=True)

@@ -156,8 +156,6 @@ def save_safetensors(
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike, overwrite: bool = False, legacy: bool = False) -> Path:
     """torch.save atomically; `legacy=True` writes the pre-zip format A1111's safe loader accepts."""
-    import torch
-
     with atomic_path(path, overwrite) as tmp:
         torch_save(obj, tmp, legacy)
     return Path(path)

@@ -12,22 +12,15 @@ from pathlib import Path
 
 from .errors import OutputExistsError, UserError
 from .fileio import atomic_path, clean_stale_temps
+from .registry import KINDS
 
 # Artifact kinds (events.Artifact.kind) that a host lists, and the suffix each is saved with.
-HOST_KINDS = {"checkpoint": ".safetensors", "lora": ".safetensors", "embedding": ".safetensors", "hypernetwork": ".pt"}
+HOST_KINDS = {name: kind.suffix for name, kind in KINDS.items()}
 
 
 def prompt_hint(kind: str, name: str, host: str = "a1111") -> str:
     """The text to put in a prompt (or the model to pick) to use `name` in `host`."""
-    if kind == "lora":
-        return f"<lora:{name}:0.8>" if host == "a1111" else f"LoraLoader: {name}.safetensors (strength 0.8)"
-    if kind == "embedding":
-        return name if host == "a1111" else f"embedding:{name}"
-    if kind == "hypernetwork":
-        return f"<hypernet:{name}:1>" if host == "a1111" else f"HypernetworkLoader: {name}.pt"
-    if kind == "checkpoint":
-        return f"{name}.safetensors"
-    return name
+    return KINDS[kind].hint(name, host) if kind in KINDS else name
 
 
 def destination(kind: str, name: str, folder: str | os.PathLike) -> Path:

@@ -18,9 +18,10 @@ import server
 
 from dreambooth_core.errors import UserError
 from dreambooth_core.paths import contained
+from dreambooth_core.registry import KINDS
 
 # Artifact kinds (dreambooth_core.events.Artifact.kind) → ComfyUI folder names.
-KIND_FOLDERS = {"checkpoint": "checkpoints", "lora": "loras", "embedding": "embeddings", "hypernetwork": "hypernetworks"}
+KIND_FOLDERS = {name: kind.comfy_folder for name, kind in KINDS.items()}
 STATUS_EVENT = "dreambooth.status"     # the web extension listens for this
 RUN_MODE_ENV = "DREAMBOOTH_CORE_RUN_MODE"          # "worker" (default) or "in_process"
 WORKER_PYTHON_ENV = "DREAMBOOTH_CORE_WORKER_PYTHON"  # default: ComfyUI's own Python

@@ -15,6 +15,7 @@ from comfy_execution.graph_utils import ExecutionBlocker
 from dreambooth_core.config import (ACTIVATIONS, PATH_KEYS, PRESETS, SAVE_FORMATS, TrainConfig, check_client_limits, client_paths, load_config,
                                     parse_set)
 from dreambooth_core.errors import UserError
+from dreambooth_core.registry import method_kind
 from dreambooth_core.reruns import source_signature
 
 from . import host
@@ -53,7 +54,6 @@ class TrainNode(io.ComfyNode):
     """Shared by the four training nodes (not registered itself)."""
 
     METHOD: ClassVar[str]
-    KIND: ClassVar[str]               # the artifact kind ComfyUI lists
     NODE_ID: ClassVar[str]
     DISPLAY_NAME: ClassVar[str]
     DESCRIPTION: ClassVar[str]
@@ -158,7 +158,7 @@ class TrainNode(io.ComfyNode):
         config = cls.build_config(checkpoint, dataset, concept, preset, steps, learning_rate, resolution, seed, options, **method)
         sources = {"base_model": source_signature(config.base_model), "images": dataset.signature,
                    "class_images": concept.class_images.signature if concept.class_images else ""}
-        trained = train(config, cls.KIND, sources, cls.hidden.unique_id if cls.hidden else None, resume)
+        trained = train(config, method_kind(cls.METHOD), sources, cls.hidden.unique_id if cls.hidden else None, resume)
         plot = [p for p in [trained.run.loss_plot] if p and Path(p).is_file()]
         sample_files = [p for p in trained.run.samples if Path(p).is_file()]
         loss = load_images(plot) if plot else None
@@ -181,7 +181,7 @@ class TrainNode(io.ComfyNode):
 
 
 class TrainLoRA(TrainNode):
-    METHOD, KIND = "lora", "lora"
+    METHOD = "lora"
     NODE_ID, DISPLAY_NAME = "DreamBoothTrainLoRA", "Train LoRA"
     DESCRIPTION = ("Train a LoRA (kohya format, loads in LoraLoader and A1111). Connect MODEL and CLIP of the same "
                    "base checkpoint to get them back with the LoRA applied.")
@@ -221,7 +221,7 @@ class TrainLoRA(TrainNode):
 
 
 class TrainDreamBooth(TrainNode):
-    METHOD, KIND = "dreambooth", "checkpoint"
+    METHOD = "dreambooth"
     NODE_ID, DISPLAY_NAME = "DreamBoothTrainDreamBooth", "Train DreamBooth"
     DESCRIPTION = ("Fine-tune the whole model (DreamBooth, with prior preservation from the Concept) and save a "
                    "checkpoint into ComfyUI's checkpoints folder; outputs its MODEL, CLIP and VAE.")
@@ -245,7 +245,7 @@ class TrainDreamBooth(TrainNode):
 
 
 class TrainTextualInversion(TrainNode):
-    METHOD, KIND = "textual_inversion", "embedding"
+    METHOD = "textual_inversion"
     NODE_ID, DISPLAY_NAME = "DreamBoothTrainTextualInversion", "Train Textual Inversion"
     DESCRIPTION = ("Learn new token vectors only (an embedding); use it as embedding:NAME in a prompt. "
                    "The prompt output already says it that way.")
@@ -283,7 +283,7 @@ class TrainTextualInversion(TrainNode):
 
 
 class TrainHypernetwork(TrainNode):
-    METHOD, KIND = "hypernetwork", "hypernetwork"
+    METHOD = "hypernetwork"
     NODE_ID, DISPLAY_NAME = "DreamBoothTrainHypernetwork", "Train Hypernetwork"
     DESCRIPTION = "Train an A1111-style hypernetwork (.pt, loads in HypernetworkLoader); applied to a connected MODEL."
 

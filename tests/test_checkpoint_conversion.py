@@ -274,6 +274,26 @@ def test_single_file_to_diffusers_to_single_file_reproduces_every_tensor(tiny, t
         assert (json.loads(meta[k]) == json.loads(v)) if k == CONFIGS_METADATA_KEY else meta[k] == v, k
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_convert_keeps_the_source_precision_unless_told(tiny, tmp_path, family, capsys):
+    """fp32 single file → diffusers → single file, no --dtype: every tensor bit for bit and in
+    fp32; an fp16 source stays fp16; --dtype still chooses."""
+    src = save_single_file(tiny(family), tmp_path / "full.safetensors", dtype="fp32")
+    assert main(["convert", str(src), str(tmp_path / "folder")]) == 0
+    assert "fp32, as stored in the source" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "folder"), str(tmp_path / "back.safetensors")]) == 0
+    assert "fp32, as stored in the source" in capsys.readouterr().out
+    original, back = load_file(src), load_file(tmp_path / "back.safetensors")
+    assert back.keys() == original.keys()
+    for k, v in original.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    assert main(["convert", str(src), str(tmp_path / "half.safetensors"), "--dtype", "fp16"]) == 0
+    assert "fp16)" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "half.safetensors"), str(tmp_path / "half_folder")]) == 0
+    assert "fp16, as stored" in capsys.readouterr().out
+    assert load_file(tmp_path / "half_folder" / "unet" / "diffusion_pytorch_model.safetensors")["conv_in.weight"].dtype == torch.float16
+
+
 def test_fp16_and_bf16_output_cast_weights_but_keep_extras(tiny, tmp_path):
     model = tiny("sd2")
     model.extras = {"alphas_cumprod": torch.rand(1000, dtype=torch.float64)}

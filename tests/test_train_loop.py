@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from test_train_support import Recorder, make_images, train, tiny_config
 
 from dreambooth_core.errors import OutputExistsError, UserError
+from dreambooth_core.fileio import read_safetensors_metadata
 
 
 def class_dir(tmp_path, n=2):
@@ -173,6 +175,33 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+def test_finished_run_continued_with_more_steps_equals_a_longer_run(tmp_path):
+    """8 steps, then resumed to 16: bit for bit the 16-step run, and the run's own artifact is
+    replaced (nothing else); a file of that name the run did not write is still refused."""
+    settings = dict(train_batch_size=2, random_flip=True, noise_offset=0.05, adam_weight_decay=0.1)
+    full, _, _ = train(tiny_config(tmp_path / "a", max_train_steps=16, **settings))
+    cfg = tiny_config(tmp_path / "b", max_train_steps=8, **settings)
+    first, _, _ = train(cfg)
+    artifact = Path(first.outputs[0].path)
+    assert first.status == "completed" and read_safetensors_metadata(artifact)["ss_steps"] == "8"
+
+    cfg.max_train_steps, cfg.resume_from = 16, "latest"
+    second, rec, _ = train(cfg)
+    assert rec.events[0].start_step == 8 and second.step == 16
+    a, b = trained_weights(full, 16), trained_weights(second, 16)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "continued run differs from the longer one"
+    assert Path(second.outputs[0].path) == artifact and read_safetensors_metadata(artifact)["ss_steps"] == "16"
+    assert sorted(p.name for p in artifact.parent.iterdir()) == [artifact.name]
+    full_file, continued = load_file(full.outputs[0].path), load_file(str(artifact))
+    assert all(torch.equal(full_file[k], continued[k]) for k in full_file)
+
+    # a state that is not the one the final artifact was written at: that file is not this state's result
+    cfg.max_train_steps = 20
+    (second.run_dir / "final.json").write_text('{"step": 12, "outputs": ["zwx_dog.safetensors"]}')
+    with pytest.raises(OutputExistsError, match="zwx_dog.safetensors already exists"):
+        train(cfg)
+
+
 @pytest.mark.slow
 def test_resume_passes_over_a_damaged_state_to_the_one_before(tmp_path):
     cfg = tiny_config(tmp_path, max_train_steps=4, checkpointing_steps=1)
@@ -316,3 +345,40 @@ def test_optional_optimizers_explain_what_to_install(tmp_path, optimizer, packag
         pytest.skip(f"{package} is installed")
     with pytest.raises(UserError, match=f"pip install {package}"):
         train(tiny_config(tmp_path, optimizer=optimizer))
+
+
+# ---- weight average (EMA) -----------------------------------------------------------------------
+def test_weight_average_is_what_is_saved_and_left_in_the_model(tmp_path):
+    from dreambooth_core.formats.lora import read_lora
+    from dreambooth_core.formats.lora_tools import merge_loras
+    from dreambooth_core.methods.lora import LoraMethod
+    from dreambooth_core.models.tiny import tiny_base_model
+    from test_train_support import unet_output
+
+    cfg = tiny_config(tmp_path, max_train_steps=3, checkpointing_steps=1, ema_decay=0.9)
+    result, _, trained = train(cfg)
+    names = list(LoraMethod(cfg, trained).state_dict())  # the order the average keeps the weights in
+    s2, s3 = trained_weights(result, 2), trained_weights(result, 3)
+    decay = min((1 + 2) / (10 + 2), 0.9)  # diffusers' warm-up at the third update
+    for i, name in enumerate(names):
+        torch.testing.assert_close(s3[f"ema/{i}"], decay * s2[f"ema/{i}"] + (1 - decay) * s3[name])
+    assert any(not torch.allclose(s3[f"ema/{i}"], s3[n]) for i, n in enumerate(names))
+    live = LoraMethod(cfg, trained).state_dict()
+    assert all(torch.equal(live[n], s3[f"ema/{i}"]) for i, n in enumerate(names))
+    merged = merge_loras(tiny_base_model("sd1"), [(read_lora(result.outputs[0].path), 1.0)])
+    torch.testing.assert_close(unet_output(merged), unet_output(trained), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_weight_average_continues_across_a_resume(tmp_path):
+    settings = dict(ema_decay=0.8, ema_start_step=1)
+    full, _, _ = train(tiny_config(tmp_path / "a", max_train_steps=4, **settings))
+    cfg = tiny_config(tmp_path / "b", max_train_steps=2, **settings)
+    train(cfg)
+    cfg.max_train_steps, cfg.resume_from = 4, "latest"
+    second, _, _ = train(cfg)
+    a, b = load_file(full.outputs[0].path), load_file(second.outputs[0].path)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cfg.max_train_steps, cfg.ema_decay = 6, None
+    with pytest.raises(UserError, match="ema_decay was 0.8 and is now None"):
+        train(cfg)

@@ -17,6 +17,40 @@ def target_kind(out: Path, to: str | None) -> str:
     return "single-file" if out.suffix.lower() == ".safetensors" else "diffusers"
 
 
+_UNET_PREFIXES = ("model.diffusion_model.", "unet.")
+_DTYPE_NAMES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def stored_dtype(src: Path, unsafe_pickle: bool = False) -> str:
+    """fp16, bf16 or fp32: the precision the source's UNet weights are stored in (by element
+    count; a file with a half-precision UNet and an fp32 VAE is a half-precision model),
+    so a conversion keeps it as kohya's and diffusers' converters do."""
+    import collections
+    import math
+
+    from safetensors import safe_open
+
+    from ..fileio import load_state_dict
+
+    counts: collections.Counter[str] = collections.Counter()
+
+    def count(name: str, dtype: str, shape: tuple[int, ...]) -> None:
+        if dtype in _DTYPE_NAMES and (name.startswith(_UNET_PREFIXES) or not src.is_file()):
+            counts[_DTYPE_NAMES[dtype]] += max(1, math.prod(shape))
+
+    files = [src] if src.is_file() else sorted((src / "unet").glob("*.safetensors")) or sorted((src / "unet").glob("*.bin"))
+    for f in files:
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    s = st.get_slice(k)
+                    count(k, s.get_dtype(), tuple(s.get_shape()))
+        else:
+            for k, t in load_state_dict(f, unsafe_pickle=unsafe_pickle).items():
+                count(k, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+    return counts.most_common(1)[0][0] if counts else "fp32"
+
+
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
@@ -25,20 +59,22 @@ def run(args: argparse.Namespace) -> int:
     transformers_logging.disable_progress_bar()  # one result line, not a bar per text encoder
     src, out = Path(args.src), Path(args.out)
     kind = target_kind(out, args.to)
-    dtype = torch_dtype(args.dtype)
     if not src.exists():
         raise UserError(f"{src} does not exist")
     if src.resolve() == out.resolve():
         raise UserError("SRC and OUT are the same path: write the conversion to a new path")
     if out.exists() and not args.overwrite:
         raise OutputExistsError(f"{out} already exists: choose another name or pass --overwrite")
+    name = args.dtype or stored_dtype(src, args.unsafe_pickle)
+    dtype = torch_dtype(name)
     # Loading straight into the output dtype keeps a single copy of the weights in memory.
     model = load_base_model(src, family=args.family, dtype=dtype, unsafe_pickle=args.unsafe_pickle)
     if kind == "single-file":
         save_single_file(model, out, dtype=dtype, overwrite=args.overwrite)
     else:
         save_diffusers(model, out, dtype=dtype, overwrite=args.overwrite)
-    print(f"wrote {out} ({model.family.title}, {kind}, {args.dtype})")
+    kept = "" if args.dtype else ", as stored in the source; --dtype changes it"
+    print(f"wrote {out} ({model.family.title}, {kind}, {name}{kept})")
     return 0
 
 
@@ -53,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", metavar="SRC", help="a .safetensors / .ckpt single file or a diffusers folder")
     p.add_argument("out", metavar="OUT", help="output .safetensors file or diffusers folder")
     p.add_argument("--to", choices=("single-file", "diffusers"), help="output format (default: from OUT's suffix)")
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="weight precision of OUT (default fp16)")
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="weight precision of OUT (default: the source's)")
     p.add_argument("--family", choices=tuple(FAMILIES), help="model family, when the file cannot tell (SD2 v-prediction: sd2-v)")
     p.add_argument("--unsafe-pickle", action="store_true", help="allow .ckpt files that need full unpickling (runs code: trusted files only)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

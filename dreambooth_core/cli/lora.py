@@ -37,11 +37,20 @@ def _load(path: str, family: str | None, dtype: str):
     return load_base_model(path, family=family, dtype=dtype)
 
 
+def _refuse_networks(src: Path, operation: str) -> None:
+    """LoHa/LoKr files have no down/up factors: say so instead of a key error."""
+    from ..formats.networks import math_refusal, read_network_file
+
+    if read_network_file(src) is not None:
+        raise UserError(f"{src} is a LoHa/LoKr network: {math_refusal(operation)}")
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from ..formats.lora import convert_lora
 
     src, out = Path(args.src), Path(args.out)
     _check_paths(out, args.overwrite, src)
+    _refuse_networks(src, "lora convert")
     base = _load(args.base, args.family, "fp16") if args.base else None
     convert_lora(src, out, to=args.to, base=base, family=args.family, overwrite=args.overwrite)
     print(f"wrote {out} ({args.to} layout)")
@@ -51,19 +60,27 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     from ..formats.lora import read_lora
     from ..formats.lora_tools import merge_loras
+    from ..formats.networks import merge_network, read_network_file
     from ..models.loading import save_single_file
+    from .convert import stored_dtype
 
     out = Path(args.out)
     loras = [_parse_lora_arg(text) for text in args.lora]
     _check_paths(out, args.overwrite, Path(args.base), *(p for p, _ in loras))
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"{out}: merged models are written as one .safetensors file")
-    weights = [(read_lora(p), w) for p, w in loras]  # read all before the slow load; --family is the base's
-    model = _load(args.base, args.family, args.dtype)
+    # read all before the slow load (--family is the base's); LoHa/LoKr networks merge by their own math
+    networks = {p: read_network_file(p) for p, _ in loras}
+    weights = [(read_lora(p), w) for p, w in loras if networks[p] is None]
+    dtype = args.dtype or stored_dtype(Path(args.base))
+    model = _load(args.base, args.family, dtype)
     merge_loras(model, weights)
+    for p, w in loras:
+        if networks[p] is not None:
+            merge_network(model, networks[p], w)
     merged = ", ".join([Path(args.base).name, *(f"{p.name}:{w:g}" for p, w in loras)])
-    save_single_file(model, out, dtype=args.dtype, metadata={"modelspec.title": out.stem, "modelspec.merged_from": merged}, overwrite=args.overwrite)
-    print(f"wrote {out} ({model.family.title}, {len(loras)} LoRA{'s' if len(loras) > 1 else ''} merged, {args.dtype})")
+    save_single_file(model, out, dtype=dtype, metadata={"modelspec.title": out.stem, "modelspec.merged_from": merged}, overwrite=args.overwrite)
+    print(f"wrote {out} ({model.family.title}, {len(loras)} LoRA{'s' if len(loras) > 1 else ''} merged, {dtype}{'' if args.dtype else ', as the base is stored'})")
     return 0
 
 
@@ -90,6 +107,7 @@ def run_resize(args: argparse.Namespace) -> int:
 
     src, out = Path(args.src), Path(args.out)
     _check_paths(out, args.overwrite, src)
+    _refuse_networks(src, "lora resize")
     weights = resize_lora(read_lora(src, family=args.family), args.rank)
     write_kohya(weights, out, overwrite=args.overwrite)
     print(f"wrote {out} (rank {args.rank})")
@@ -123,7 +141,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--base", metavar="MODEL", required=True, help="base model: single file or diffusers folder")
     q.add_argument("--lora", metavar="FILE[:WEIGHT]", action="append", required=True, help="LoRA to merge, with its strength (default 1); repeatable")
     q.add_argument("out", metavar="OUT", help="output .safetensors checkpoint")
-    q.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="precision of OUT (default fp16)")
+    q.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="precision of OUT (default: the base model's)")
     common(q)
     q.set_defaults(func=run_merge)
 

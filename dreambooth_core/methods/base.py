@@ -161,6 +161,20 @@ class Method:
         """Write the artifact(s) into `info.out_dir` through the formats layer."""
         raise NotImplementedError
 
+    def host_path(self, info: SaveInfo) -> Path:
+        """The file a host lists: the stem with the suffix of this method's artifact kind."""
+        from ..registry import method_kind, suffix
+
+        return info.out_dir / f"{info.stem}{suffix(method_kind(self.name))}"
+
+    def host_artifact(self, path: Path, info: SaveInfo) -> "Artifact":
+        """The event for a file written at `host_path`, with the prompt text A1111 uses for it."""
+        from ..events import Artifact
+        from ..registry import KINDS, method_kind
+
+        kind = method_kind(self.name)
+        return Artifact(kind=kind, path=str(path), name=info.stem, prompt_hint=KINDS[kind].hint(info.stem), final=info.final)
+
     def trigger(self, info: SaveInfo) -> str:
         """What to write in a prompt to get the subject (the instance prompt, by default)."""
         return self.config.instance_prompt_text

@@ -52,9 +52,9 @@ class DreamBoothMethod(Method):
                 "modelspec.trigger_phrase": self.trigger(info)}
         out = []
         if "single-file" in self.config.formats:
-            path = info.out_dir / f"{info.stem}.safetensors"
+            path = self.host_path(info)
             save_single_file(self.model, path, dtype=self.config.save_dtype, metadata=meta, overwrite=info.overwrite)
-            out.append(Artifact(kind="checkpoint", path=str(path), name=info.stem, prompt_hint=path.name, final=info.final))
+            out.append(self.host_artifact(path, info))
         if "diffusers" in self.config.formats:
             folder = info.out_dir / info.stem
             save_diffusers(self.model, folder, dtype=self.config.save_dtype, overwrite=info.overwrite)

@@ -30,13 +30,12 @@ class HypernetworkMethod(Method):
         return {"hypernetwork": self.hypernetwork}
 
     def save(self, info: SaveInfo) -> list["Artifact"]:
-        from ..events import Artifact
         from ..formats.hypernetwork import save_hypernetwork
 
         hn = self.hypernetwork
         hn.step = info.step
         hn.sd_checkpoint = info.base_model_hash[:10] or None
         hn.sd_checkpoint_name = info.base_model or None
-        path = info.out_dir / f"{info.stem}.pt"
+        path = self.host_path(info)
         save_hypernetwork(hn, path, self.common_metadata(info), overwrite=info.overwrite)
-        return [Artifact(kind="hypernetwork", path=str(path), name=info.stem, prompt_hint=f"<hypernet:{info.stem}:1>", final=info.final)]
+        return [self.host_artifact(path, info)]

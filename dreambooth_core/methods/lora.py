@@ -25,24 +25,25 @@ class LoraMethod(Method):
     def trains_text_encoder(self) -> bool:
         return self.config.train_text_encoder
 
+    @property
+    def conv_alpha(self) -> float:
+        """`conv_alpha`, by default the linear layers' alpha/rank scale at `conv_rank`."""
+        cfg = self.config
+        return cfg.conv_alpha if cfg.conv_alpha is not None else cfg.conv_rank * cfg.alpha / cfg.rank
+
     def lora_config(self, module: "torch.nn.Module", targets: list[str]):
-        """peft config for `targets` of `module`: `rank`/`alpha`, and `conv_rank`/`conv_alpha`
-        for 3×3 convolutions (conv_alpha defaults to the linear layers' alpha/rank scale)."""
+        """peft config of the network type for `targets` of `module`: `rank`/`alpha`, and
+        `conv_rank`/`conv_alpha` for 3×3 convolutions (conv_alpha defaults to the linear
+        layers' alpha/rank scale)."""
         import torch
-        from peft import LoraConfig
+
+        from ..formats.networks import network_type
 
         cfg = self.config
         modules = dict(module.named_modules())
         convs = [t for t in targets if isinstance(modules[t], torch.nn.Conv2d) and modules[t].kernel_size != (1, 1)]
-        conv_alpha = cfg.conv_alpha if cfg.conv_alpha is not None else cfg.conv_rank * cfg.alpha / cfg.rank
-        return LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            target_modules=targets,
-            init_lora_weights=True,  # kaiming-uniform down, zero up: training starts at the base model
-            rank_pattern={t: cfg.conv_rank for t in convs},
-            alpha_pattern={t: conv_alpha for t in convs},
-        )
+        conv_alpha = self.conv_alpha
+        return network_type(cfg.network).config(targets, cfg.rank, cfg.alpha, {t: (cfg.conv_rank, conv_alpha) for t in convs})
 
     def prepare(self) -> None:
         # peft's own injection, not diffusers' or transformers' `add_adapter`: those wrap the
@@ -58,6 +59,11 @@ class LoraMethod(Method):
         if self.trains_text_encoder:
             for te in m.text_encoders:
                 inject_adapter_in_model(self.lora_config(te, lora_target_modules(te)), te, adapter_name=ADAPTER)
+        if cfg.network != "lora":
+            from ..train.packed_convs import keep_dense
+
+            for name in targets:  # LyCORIS layers read their base weight's shape at every step
+                keep_dense(m.unet.get_submodule(name).get_base_layer())
 
     def trainable_modules(self) -> dict[str, "torch.nn.Module"]:
         out: dict[str, torch.nn.Module] = {"unet": self.model.unet}
@@ -78,18 +84,33 @@ class LoraMethod(Method):
 
         cfg, family = self.config, self.model.family
         tes = self.model.text_encoders if self.trains_text_encoder else []
+        if cfg.network != "lora":
+            return [self.save_lycoris(info, tes)]
         weights = lora_from_peft_model(self.model.unet, tes, family, adapter_name=ADAPTER)
         # the writers derive the network facts (dim, alpha, conv args) from the tensors
         meta = {**self.common_metadata(info), "modelspec.trigger_phrase": self.trigger(info)}
         weights.metadata.update(meta)  # what write_peft carries (ss_* and modelspec.*)
         out = []
         if "kohya" in cfg.formats:
-            path = info.out_dir / f"{info.stem}.safetensors"
+            path = self.host_path(info)
             write_kohya(weights, path, family, meta, overwrite=info.overwrite)
-            out.append(Artifact(kind="lora", path=str(path), name=info.stem, prompt_hint=f"<lora:{info.stem}:0.8>", final=info.final))
+            out.append(self.host_artifact(path, info))
         if "peft" in cfg.formats:
             # diffusers' load_lora_weights(folder) finds this file name by default
             path = info.out_dir / f"{info.stem}-peft" / "pytorch_lora_weights.safetensors"
             write_peft(weights, path, family, base=self.plain_architecture(), overwrite=info.overwrite)
             out.append(Artifact(kind="lora", path=str(path), name=info.stem, final=info.final))  # for diffusers, not the hosts
         return out
+
+    def save_lycoris(self, info: SaveInfo, text_encoders: list) -> "Artifact":
+        """A LoHa/LoKr network in the LyCORIS layout both hosts read (formats.networks)."""
+        from ..formats.networks import lycoris_from_peft_model, network_type, write_lycoris
+
+        cfg = self.config
+        net = network_type(cfg.network)
+        modules = lycoris_from_peft_model(net, self.model.unet, text_encoders, self.model.family, ADAPTER)
+        meta = {**self.common_metadata(info), "modelspec.trigger_phrase": self.trigger(info)}
+        path = self.host_path(info)
+        write_lycoris(net, modules, path, self.model.family, cfg.rank, cfg.alpha,
+                      (cfg.conv_rank, self.conv_alpha) if cfg.conv_rank else None, meta, overwrite=info.overwrite)
+        return self.host_artifact(path, info)

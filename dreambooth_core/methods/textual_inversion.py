@@ -80,15 +80,14 @@ class TextualInversionMethod(Method):
             rows.write_back()
 
     def save(self, info: SaveInfo) -> list["Artifact"]:
-        from ..events import Artifact
         from ..formats.embeddings import Embedding, write_embedding
 
         family = self.model.family
         emb = Embedding.from_encoders(info.stem, family, [self.rows[n].weight.detach().float().cpu() for n in family.text_encoders])
-        path = info.out_dir / f"{info.stem}.safetensors"
+        path = self.host_path(info)
         write_embedding(
             emb, path, family, self.common_metadata(info), info.overwrite,
             init_word=self.config.effective_init_word, step=info.step,
             base_model=info.base_model, base_model_hash=info.base_model_hash,
         )
-        return [Artifact(kind="embedding", path=str(path), name=info.stem, prompt_hint=info.stem, final=info.final)]
+        return [self.host_artifact(path, info)]

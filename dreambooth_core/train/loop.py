@@ -9,6 +9,7 @@ run with one process and N times the batch.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -24,6 +25,7 @@ from ..config import TrainConfig
 from ..errors import Cancelled, UserError
 from ..events import Artifact, CancelToken, Done, Error, Event, EventSink, Log, Preview, Progress, Started
 from ..data.dataset import LatentStats, TrainingData, derive_seed, example_generator
+from .ema import WeightAverage, split_state
 from .loss import dreambooth_loss, min_snr_weights, per_example_mse, sample_noise, sample_timestep, training_target
 from .packed_convs import packed_frozen_convolutions, packing_cost
 from .prompts import PromptCache, common_word_warning
@@ -120,6 +122,16 @@ def log_line(event: Event) -> tuple[str, str] | None:
     return None
 
 
+def _with_average(fn):
+    """Run `fn` with the weight average (train.ema) in the trained weights, when there is one:
+    what is saved and drawn is the average."""
+    @functools.wraps(fn)
+    def wrapper(self: "Trainer", *args, **kwargs):
+        with self.ema.swapped_in() if self.ema is not None else nullcontext():
+            return fn(self, *args, **kwargs)
+    return wrapper
+
+
 class Trainer:
     """One run. `model` (with `model_name`) lets tests and in-process hosts train a model
     that is already loaded; otherwise `config.base_model` is loaded."""
@@ -137,6 +149,8 @@ class Trainer:
         self.step = 0
         self.micro_step = 0
         self.acc = None
+        self.ema: WeightAverage | None = None
+        self.own_finals: set[str] = set()  # this run's final outputs that a continuation replaces
 
     # ---- events ----------------------------------------------------------------------
     @property
@@ -186,10 +200,12 @@ class Trainer:
         self.acc = acc = make_accelerator(cfg)
         self.run_dir = rd = RunDir.for_config(cfg)
         resume = rd.resume_folder(cfg.resume_from)
+        # a finished run continued from its last state replaces its own final artifacts
+        self.own_finals = rd.own_final_outputs(saved_step(resume)) if resume is not None else set()
         if resume is None:
             rd.check_fresh(cfg.overwrite)
         elif not cfg.overwrite:
-            rd.check_no_final_output(cfg.name)
+            rd.check_no_final_output(cfg.name, self.own_finals)
         acc.wait_for_everyone()
         if self.is_main:
             rd.create(clear=resume is None and cfg.overwrite)
@@ -223,6 +239,7 @@ class Trainer:
         if cfg.optimizer == "prodigy" and cfg.learning_rate < 0.1:
             self.warn(f"prodigy sets its own step size and expects learning_rate=1.0 (got {cfg.learning_rate}): training will barely move")
         self.params = method.parameters()
+        self.ema = WeightAverage.for_config(cfg, self.params)
         self.optimizer = acc.prepare(build_optimizer(cfg, method.param_groups()))
         from diffusers.optimization import get_scheduler
 
@@ -350,7 +367,10 @@ class Trainer:
         if state.step >= self.config.max_train_steps:
             raise UserError(f"the state in {folder} is already at step {state.step} of {self.config.max_train_steps}: "
                             "raise max_train_steps to train further")
-        self.method.load_state_dict(state.weights)
+        weights, average = split_state(state.weights)
+        self.method.load_state_dict(weights)
+        if self.ema is not None:
+            self.ema.load_state_dict(average)
         self.optimizer.load_state_dict(state.optimizer)
         self.lr_scheduler.load_state_dict(state.scheduler)
         restore_rng(state.rng)
@@ -395,6 +415,8 @@ class Trainer:
                     return self._stop_cancelled()
                 losses, lr = self._optimizer_step()
                 self.step += 1
+                if self.ema is not None:
+                    self.ema.update()
                 elapsed = time.monotonic() - t0
                 eta = elapsed / (self.step - first) * (cfg.max_train_steps - self.step)
                 self.emit(Progress(phase="train", step=self.step, total=cfg.max_train_steps, eta_seconds=eta,
@@ -415,6 +437,8 @@ class Trainer:
                         self.method.train(True)
             self.method.train(False)
             self._save_state()
+            if self.ema is not None:
+                self.ema.apply()  # the average is the result: saved, drawn and left in the model
             self._save_artifacts(cfg.name, final=True)
             self.method.finish()
         except Cancelled:
@@ -549,13 +573,15 @@ class Trainer:
     def _save_state(self) -> None:
         if self.is_main:
             folder = save_state(self.run_dir.state, TrainingState(
-                step=self.step, micro_step=self.micro_step, weights=self.method.state_dict(),
+                step=self.step, micro_step=self.micro_step,
+                weights={**self.method.state_dict(), **(self.ema.state_dict() if self.ema is not None else {})},
                 optimizer=self.optimizer.state_dict(), scheduler=self.lr_scheduler.state_dict(),
                 rng=rng_states(), settings=resume_settings(self.config),
             ))
             self._announce(Artifact(kind="state", path=str(folder), name=folder.name, final=False))
         self.acc.wait_for_everyone()
 
+    @_with_average
     def _save_artifacts(self, stem: str, final: bool) -> None:
         from ..methods.base import SaveInfo
 
@@ -564,12 +590,15 @@ class Trainer:
             info = SaveInfo(
                 # intermediate artifacts belong to this run: a resumed run rewrites them
                 out_dir=self.run_dir.outputs, stem=stem, step=self.step, final=final,
-                overwrite=cfg.overwrite or not final, base_model=self.model_name, base_model_hash=self.model_hash,
+                overwrite=cfg.overwrite or not final or bool(self.own_finals), base_model=self.model_name, base_model_hash=self.model_hash,
                 metadata=self._training_facts(),
             )
             self.emit(Progress(phase="saving", step=self.step, total=cfg.max_train_steps))
-            for artifact in self.method.save(info):
+            saved = self.method.save(info)
+            for artifact in saved:
                 self._announce(artifact)
+            if final:
+                self.run_dir.record_final(self.step, [a.path for a in saved])
         self.acc.wait_for_everyone()
 
     def _announce(self, artifact: Artifact) -> None:
@@ -658,6 +687,7 @@ class Trainer:
         return SummaryWriter(str(self.run_dir.root / "tensorboard"))
 
     # ---- validation --------------------------------------------------------------------
+    @_with_average
     def _validate(self) -> None:
         """Images for every validation prompt with fixed seeds (the same at every step)."""
         cfg = self.config

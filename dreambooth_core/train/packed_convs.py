@@ -59,10 +59,16 @@ def _autocast_dtype() -> torch.dtype | None:
     return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
 
 
+def keep_dense(conv: torch.nn.Module) -> None:
+    """Never pack `conv`: something reads its dense weight while training (a LoHa/LoKr
+    adapter takes its shape to build the weight change)."""
+    conv.keep_dense_weight = True
+
+
 def packable(conv: torch.nn.Module, gradients: bool = True) -> bool:
     """A dense, stride-1 2-D convolution on the CPU whose input gradient is a plain
     convolution; frozen when gradients will flow through it."""
-    if type(conv) is not torch.nn.Conv2d:
+    if type(conv) is not torch.nn.Conv2d or getattr(conv, "keep_dense_weight", False):
         return False
     w, b = conv.weight, conv.bias
     frozen = not w.requires_grad and (b is None or not b.requires_grad)

@@ -1,6 +1,7 @@
 """The folder of one training run, `<output_dir>/<name>/`:
 
     config.json    the resolved config (every key, defaults filled in)
+    final.json     the step and file names of the last final artifacts (a resumed run may replace them)
     log.txt        warnings and milestones, one line each
     loss.csv       step, loss, instance_loss, prior_loss, lr
     loss.png       the loss curve (drawn with Pillow: no plotting library needed)
@@ -93,9 +94,28 @@ class RunDir:
                 "choose another output_name, or set overwrite to start over"
             )
 
-    def check_no_final_output(self, name: str) -> None:
-        """A resumed run must be able to write its final artifact: say so now, not after training."""
-        found = [p for p in self.outputs.glob("*") if name in (p.stem, p.name) or p.name == f"{name}-peft"]
+    @property
+    def final_record(self) -> Path:
+        return self.root / "final.json"
+
+    def record_final(self, step: int, paths: list[str]) -> None:
+        """Remember which final artifacts this run wrote at `step`."""
+        names = sorted({Path(p).relative_to(self.outputs).parts[0] for p in paths})
+        write_text_atomic(self.final_record, json.dumps({"step": step, "outputs": names}) + "\n", overwrite=True)
+
+    def own_final_outputs(self, step: int) -> set[str]:
+        """Names in outputs/ that this run wrote as its final artifacts when it ended at `step`
+        (a finished run continued from that state replaces them, and nothing else)."""
+        try:
+            record = json.loads(self.final_record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        return set(record.get("outputs", [])) if record.get("step") == step else set()
+
+    def check_no_final_output(self, name: str, own: set[str] = frozenset()) -> None:
+        """A resumed run must be able to write its final artifact: say so now, not after training.
+        `own` names the run's own earlier final outputs, which it replaces."""
+        found = [p for p in self.outputs.glob("*") if (name in (p.stem, p.name) or p.name == f"{name}-peft") and p.name not in own]
         if found:
             raise OutputExistsError(f"{found[0]} already exists: set overwrite to replace it when the resumed run ends, "
                                     "or move it away first")

@@ -30,9 +30,9 @@ if TYPE_CHECKING:
 
 KEEP_STATES = 2  # full-model states are large: keep the newest two
 # Settings that must match for a resumed run to continue the same trajectory.
-RESUME_KEYS = ("method", "train_batch_size", "gradient_accumulation_steps", "seed", "rank", "alpha", "conv_rank",
+RESUME_KEYS = ("method", "network", "train_batch_size", "gradient_accumulation_steps", "seed", "rank", "alpha", "conv_rank",
                "train_text_encoder", "num_vectors", "layer_structure", "activation", "hypernetwork_layer_norm",
-               "with_prior_preservation", "optimizer",
+               "with_prior_preservation", "optimizer", "ema_decay", "ema_start_step",
                # the data order and what each step sees (data/concepts.py, captions.py, buckets.py)
                "concepts", "enable_bucketing", "bucket_no_upscale", "shuffle_caption", "keep_tokens",
                "caption_dropout_rate", "tag_dropout_rate", "max_token_length", "clip_skip", "masked_loss_floor")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, OPTIMIZERS, PRESETS, TrainConfig, check_client_limits,
-                                    config_from_dict, load_config)
+from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, NETWORKS, OPTIMIZERS, PRESETS, TrainConfig,
+                                    check_client_limits, config_from_dict, load_config)
 from dreambooth_core.data.images import IMAGE_SUFFIXES
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.paths import MARKER, contained, real_path, remove_owned_folder, safe_name
@@ -30,15 +30,15 @@ METHODS: dict[str, tuple[str, str]] = {
 
 # The "Advanced" accordion: TrainConfig keys, in display order.
 ADVANCED = ("max_train_steps", "learning_rate", "train_batch_size", "gradient_accumulation_steps", "resolution",
-            "lr_scheduler", "lr_warmup_steps", "optimizer", "mixed_precision", "seed", "rank", "alpha",
+            "lr_scheduler", "lr_warmup_steps", "optimizer", "mixed_precision", "seed", "network", "rank", "alpha",
             "train_text_encoder", "num_vectors", "prior_loss_weight", "checkpointing_steps", "validation_steps",
             "num_validation_images", "save_dtype", "gradient_checkpointing",
             # datasets (dreambooth_core/data): buckets, tag captions, long prompts, masks
             "enable_bucketing", "bucket_no_upscale", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
             "tag_dropout_rate", "max_token_length", "clip_skip", "masked_loss_floor")
-CHOICES: dict[str, tuple[str, ...]] = {"lr_scheduler": LR_SCHEDULERS, "optimizer": OPTIMIZERS,
+CHOICES: dict[str, tuple[str, ...]] = {"network": NETWORKS, "lr_scheduler": LR_SCHEDULERS, "optimizer": OPTIMIZERS,
                                        "mixed_precision": MIXED_PRECISION, "save_dtype": ("fp16", "bf16", "fp32")}
-LABELS = {"resolution": "resolution (0: the model's own)", "max_train_steps": "steps", "train_batch_size": "batch size",
+LABELS = {"network": "network type (LoRA methods)", "resolution": "resolution (0: the model's own)", "max_train_steps": "steps", "train_batch_size": "batch size",
           "alpha": "LoRA alpha", "rank": "LoRA rank", "num_vectors": "vectors per token (TI)",
           "checkpointing_steps": "save a resumable state every N steps (0: at the end)",
           "validation_steps": "samples every N steps (0: before and after)",

@@ -14,9 +14,10 @@ from pathlib import Path
 from dreambooth_core.environment import default_worker_python
 from dreambooth_core.errors import UserError
 from dreambooth_core.paths import is_inside
+from dreambooth_core.registry import KINDS as _KINDS
 
 EXT_ROOT = Path(__file__).resolve().parents[2]
-KINDS = ("checkpoint", "lora", "embedding", "hypernetwork")
+KINDS = tuple(_KINDS)
 
 # Settings (Settings → DreamBooth), registered in settings.py.
 WORKER_PYTHON = "dreambooth_core_worker_python"

@@ -1,0 +1,78 @@
+"""ComfyUI 0.3.64's `comfy.lora.load_lora` and `comfy/weight_adapter/{lora,loha,lokr}.py`,
+for the network types written here.
+
+Host facts modelled: per module prefix, `<prefix>.alpha` is read (and counted as loaded)
+whether or not an adapter then takes the module; adapters are tried in turn (LoRA needs
+`lora_up.weight`; LoHa needs `hada_w1_a`; LoKr any of lokr_w1, lokr_w2, lokr_w1_a,
+lokr_w2_a) and mark the tensors they take as loaded; every key never marked is logged as
+"lora key not loaded: <key>". The change, computed in float32: LoRA up @ down; LoHa
+(w1_a @ w1_b) * (w2_a @ w2_b) with rank = hada_w1_b rows; LoKr kron(w1, w2) (w1 given two
+unit axes when w2 is 4-D) where rank is the rows of the last split factor (`_b`) and stays
+unknown when both factors are whole. Scale alpha/rank when alpha and rank are known, else 1;
+then weight + strength · scale · change, reshaped to the weight.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def load_lora(lora: dict[str, torch.Tensor], prefixes: list[str]) -> tuple[dict[str, dict], set[str]]:
+    """{prefix: adapter} for the given module prefixes, and the keys no adapter took (logged)."""
+    loaded: set[str] = set()
+    patches: dict[str, dict] = {}
+    for x in prefixes:
+        alpha = None
+        if f"{x}.alpha" in lora:
+            alpha = lora[f"{x}.alpha"].item()
+            loaded.add(f"{x}.alpha")
+        adapter = None
+        if f"{x}.lora_up.weight" in lora:
+            adapter = {"type": "lora", "up": lora[f"{x}.lora_up.weight"], "down": lora[f"{x}.lora_down.weight"]}
+            loaded.update({f"{x}.lora_up.weight", f"{x}.lora_down.weight"})
+        elif f"{x}.hada_w1_a" in lora:
+            names = [f"{x}.hada_w{i}_{s}" for i in (1, 2) for s in "ab"]
+            adapter = {"type": "loha", **{n.rsplit(".", 1)[1]: lora[n] for n in names}}
+            loaded.update(names)
+        elif any(f"{x}.{n}" in lora for n in ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w2_a")):
+            names = [f"{x}.{n}" for n in ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b") if f"{x}.{n}" in lora]
+            adapter = {"type": "lokr", **{n.rsplit(".", 1)[1]: lora[n] for n in names}}
+            loaded.update(names)
+        if adapter is not None:
+            adapter["alpha"] = alpha
+            patches[x] = adapter
+    left = set(lora) - loaded
+    for key in sorted(left):
+        log.warning("lora key not loaded: %s", key)
+    return patches, left
+
+
+def calculate_weight(adapter: dict, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    f = {k: v.float() for k, v in adapter.items() if isinstance(v, torch.Tensor)}
+    dim = None
+    if adapter["type"] == "lora":
+        dim = f["down"].shape[0]
+        diff = f["up"].flatten(1) @ f["down"].flatten(1)
+    elif adapter["type"] == "loha":
+        dim = f["hada_w1_b"].shape[0]
+        diff = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])
+    else:
+        if "lokr_w1" in f:
+            w1 = f["lokr_w1"]
+        else:
+            dim = f["lokr_w1_b"].shape[0]
+            w1 = f["lokr_w1_a"] @ f["lokr_w1_b"]
+        if "lokr_w2" in f:
+            w2 = f["lokr_w2"]
+        else:
+            dim = f["lokr_w2_b"].shape[0]
+            w2 = f["lokr_w2_a"] @ f["lokr_w2_b"]
+        if w2.ndim == 4:
+            w1 = w1.unsqueeze(2).unsqueeze(2)
+        diff = torch.kron(w1, w2)
+    alpha = adapter["alpha"]
+    scale = alpha / dim if alpha is not None and dim is not None else 1.0
+    return weight + (strength * scale * diff).reshape(weight.shape).to(weight.dtype)
