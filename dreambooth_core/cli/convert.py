@@ -39,15 +39,20 @@ def stored_dtype(src: Path, unsafe_pickle: bool = False) -> str:
             counts[_DTYPE_NAMES[dtype]] += max(1, math.prod(shape))
 
     files = [src] if src.is_file() else sorted((src / "unet").glob("*.safetensors")) or sorted((src / "unet").glob("*.bin"))
-    for f in files:
-        if f.suffix == ".safetensors":
-            with safe_open(str(f), framework="pt") as st:
-                for k in st.keys():
-                    s = st.get_slice(k)
-                    count(k, s.get_dtype(), tuple(s.get_shape()))
-        else:
-            for k, t in load_state_dict(f, unsafe_pickle=unsafe_pickle).items():
-                count(k, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+    try:
+        for f in files:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt") as st:
+                    for k in st.keys():
+                        s = st.get_slice(k)
+                        count(k, s.get_dtype(), tuple(s.get_shape()))
+            else:
+                for k, t in load_state_dict(f, unsafe_pickle=unsafe_pickle).items():
+                    count(k, str(t.dtype).removeprefix("torch."), tuple(t.shape))
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - a damaged file: loading it next names what is wrong, clearly
+        return "fp32"
     return counts.most_common(1)[0][0] if counts else "fp32"
 
 
