@@ -112,6 +112,22 @@ def test_concept_folders_and_a_dataset_toml_are_confined_too(webui, tmp_path):
     assert webui.session.manager.list() == []
 
 
+def test_a_checkpoint_the_webui_lists_is_usable_wherever_it_lies(webui, tmp_path):
+    """`--ckpt FILE` makes the WebUI list a file outside its folders: the operator chose it, so its title
+    works; the same file named by path is still outside."""
+    import sys
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "cli-model.safetensors").write_bytes(b"{}")
+    sys.modules["modules.sd_models"].CheckpointInfo(str(elsewhere / "cli-model.safetensors")).register()
+    started = call(webui, "start", body(webui, base_model="cli-model.safetensors"))
+    assert started["id"]
+    with pytest.raises(webui.api.ApiError) as err:
+        call(webui, "start", body(webui, base_model=str(elsewhere / "cli-model.safetensors"), output_name="other"))
+    assert err.value.status == 403
+
+
 def test_symlinks_cannot_smuggle_a_path_out(webui, tmp_path):
     (tmp_path / "secret").mkdir()
     (webui.root / "inputs" / "link").symlink_to(tmp_path / "secret")

@@ -50,11 +50,12 @@ class RunsApi:
         settings = dict(settings)
         settings.setdefault("output_dir", str(host.runs_dir()))
         base = settings.get("base_model")
+        listed = None   # a checkpoint the WebUI itself lists (also one given by --ckpt from elsewhere) is the operator's
         if isinstance(base, str) and base and not base.startswith("~") and not Path(base).is_absolute():
-            settings["base_model"] = host.checkpoint_file(base)  # a checkpoint as the WebUI lists it
+            settings["base_model"] = listed = host.checkpoint_file(base)  # a checkpoint as the WebUI lists it
         for key in PATH_KEYS:
             value = settings.get(key)
-            if value in (None, "") or (key == "resume_from" and value == "latest"):
+            if value in (None, "") or (key == "resume_from" and value == "latest") or (key == "base_model" and listed):
                 continue
             try:
                 settings[key] = str(contained(value, key, host.allowed_roots(), base=host.data_path(),
@@ -63,6 +64,8 @@ class RunsApi:
                 raise ApiError(403, str(exc)) from None
         config = check_client_limits(load_config(preset=body.get("preset"), overrides=settings))
         for what, value in client_paths(config):   # concept folders, also those a dataset TOML names
+            if what == "base_model" and listed:
+                continue
             try:
                 contained(value, what, host.allowed_roots(), base=host.data_path(), anywhere=host.any_folder(),
                           setting_hint=host.SETTING_HINT)
