@@ -66,6 +66,10 @@ def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
         return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=config.learning_rate, weight_decay=decay)
+    if name == "adafactor":  # factored second moments: a few bytes per row and column, not 8 per weight
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=config.learning_rate, weight_decay=decay, scale_parameter=False, relative_step=False, warmup_init=False)
     if name == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -181,6 +185,7 @@ class Trainer:
     def _run(self) -> RunResult:
         cfg = self.config.validate(check_paths=self.model is None)
         self._started_at = time.time()
+        self.config = cfg = self._fit_memory(cfg)
         self.acc = acc = make_accelerator(cfg)
         self.run_dir = rd = RunDir.for_config(cfg)
         resume = rd.resume_folder(cfg.resume_from)
@@ -192,6 +197,8 @@ class Trainer:
         if self.is_main:
             rd.create(clear=resume is None and cfg.overwrite)
         acc.wait_for_everyone()
+        if self.is_main and self.memory_plan is not None:
+            self.memory_plan.write(rd.root / "memory_plan.json")
         self.emit(Started(run_dir=str(rd.root), method=cfg.method, total_steps=cfg.max_train_steps,
                           start_step=saved_step(resume) if resume is not None else 0))
         if cfg.resume_from == "latest" and resume is None:
@@ -230,6 +237,20 @@ class Trainer:
         return self._train()
 
     # ---- set-up ------------------------------------------------------------------------
+    def _fit_memory(self, cfg: TrainConfig) -> TrainConfig:
+        """memory="auto": the settings that fit the device (plan/auto.py), chosen and checked
+        before the model loads; the plan is logged and written into the run folder."""
+        self.memory_plan = None
+        if cfg.memory != "auto":
+            return cfg
+        from ..plan.auto import choose
+        from ..plan.memory import free_memory, run_device
+
+        device = run_device()
+        cfg, self.memory_plan = choose(cfg, free_memory(device), device, model=self.model)
+        self.info(self.memory_plan.describe())
+        return cfg
+
     def _load_model(self) -> "BaseModel":
         if self.model is None:
             from ..models.loading import load_base_model
