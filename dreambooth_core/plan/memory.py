@@ -105,12 +105,13 @@ def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tup
     return fam, _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
 
 
-def cache_bytes(config: "TrainConfig", family: "Family", resolution: int) -> int:
+def cache_bytes(config: "TrainConfig", family: "Family", resolution: int, configs_vae_blocks: list) -> int:
     """Host memory of the latent cache (mean and std per image) and the prompt-embedding cache."""
     folder = Path(config.instance_data_dir) if config.instance_data_dir else None
     images = sum(1 for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder and folder.is_dir() else 0
     images += config.num_class_images if config.with_prior_preservation else 0
-    latents = 2 * 4 * (resolution // 8) ** 2 * 4 if config.cache_latents else 0
+    side = resolution // 2 ** (len(configs_vae_blocks) - 1)
+    latents = 2 * 4 * side**2 * 4 if config.cache_latents else 0
     return images * latents + 2 * 77 * sum(family.context_dims) * 4
 
 
@@ -125,7 +126,7 @@ def plan_memory(config: "TrainConfig", model: "BaseModel | None" = None, device:
     parts = step.parts()
     if device != "cpu":
         parts.pop("packed_convolutions")
-    parts["caches"] = cache_bytes(config, family, resolution) if device == "cpu" else 0
+    parts["caches"] = cache_bytes(config, family, resolution, configs["vae"]["block_out_channels"]) if device == "cpu" else 0
     settings = {k: getattr(config, k) for k in PLAN_KEYS} | {"family": family.name, "resolution": resolution}
     return MemoryPlan(parts=parts, settings=settings, device=device)
 

@@ -120,7 +120,7 @@ def _fake_conversions() -> Iterator[None]:
 def _one_step(config, family, model, method, prompts, params, optimizer, resolution: int, dtype: torch.dtype) -> None:
     """The loop's step (train.loop.Trainer._optimizer_step) on fake inputs."""
     batch = config.train_batch_size * (2 if config.with_prior_preservation else 1)
-    side = resolution // 8
+    side = resolution // 2 ** (len(model.vae.config.block_out_channels) - 1)  # 8 for every real family's VAE
     if not config.cache_latents:
         with torch.no_grad():
             pixels = torch.zeros(config.train_batch_size, 3, resolution, resolution, dtype=model.vae.dtype)

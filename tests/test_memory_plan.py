@@ -1,0 +1,137 @@
+"""The memory planner against real steps, memory="auto"'s choices, and refusing before loading."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from test_train_support import Recorder, tiny_config
+
+from dreambooth_core.config import config_from_dict
+from dreambooth_core.errors import UserError
+from dreambooth_core.plan.live_bytes import LiveBytes, storage_bytes
+from dreambooth_core.plan.memory import plan_memory
+
+METHODS = ("lora", "dreambooth", "textual_inversion", "hypernetwork")
+
+
+def measured_step(config, model) -> int:
+    """Bytes the loop's second step holds at its peak: what lives on the device when it
+    starts (weights, optimizer state) plus the peak of what the step allocates, counted on
+    real tensors by the same dispatch mode the planner uses (deterministic, unlike RSS,
+    which the allocator's caching and other processes blur)."""
+    from dreambooth_core.train.loop import Trainer
+
+    peaks: list[int] = []
+    rec = Recorder()
+    trainer = Trainer(config, rec, rec.cancel, model=model)
+    real_step = trainer._optimizer_step
+
+    def counted_step():
+        if trainer.step == 0:
+            return real_step()  # the first step creates the optimizer state
+        m = trainer.model
+        held = [t for mod in (m.unet, m.vae, *m.text_encoders, *trainer.method.trainable_modules().values())
+                for t in (*mod.parameters(), *mod.buffers())]
+        before = storage_bytes([held, trainer.optimizer.state_dict()["state"]])
+        with LiveBytes() as live:
+            out = real_step()
+        peaks.append(before + live.peak)
+        return out
+
+    trainer._optimizer_step = counted_step
+    trainer.run()
+    return peaks[0]
+
+
+def step_bytes(plan) -> int:
+    """The plan's device total without host caches and the CPU packing copy (switched off here)."""
+    return plan.total_bytes - plan.parts["caches"] - plan.parts["packed_convolutions"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_plan_is_within_15_percent_of_a_real_step(tmp_path, method, checkpointing):
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    cfg = tiny_config(tmp_path, method=method, memory="manual", pack_frozen_convolutions=False, max_train_steps=2,
+                      gradient_checkpointing=checkpointing, learning_rate=1e-4)
+    model = tiny_base_model("sd1")
+    planned = step_bytes(plan_memory(cfg, model=model))
+    measured = measured_step(cfg, model)
+    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+
+
+@pytest.mark.slow
+def test_plan_of_a_lora_step_on_the_full_sd15_architecture(tmp_path):
+    """One LoRA step of the real SD1.5 module tree (random weights) at 128 px."""
+    from dreambooth_core.models.base import BaseModel
+    from dreambooth_core.models.loading import _empty_components, shipped_configs
+    from dreambooth_core.families import get_family
+    from dreambooth_core.models.tokenizers import family_tokenizers
+
+    fam = get_family("sd1")
+    configs = shipped_configs(fam)
+    modules = _empty_components(fam, configs, empty=False)
+    model = BaseModel(fam, modules["unet"], modules["vae"], [modules["text_encoder"]], family_tokenizers(fam), configs["scheduler"], name="sd1-random")
+    cfg = tiny_config(tmp_path, method="lora", memory="manual", pack_frozen_convolutions=False, resolution=128, rank=16, max_train_steps=2)
+    planned = step_bytes(plan_memory(cfg, model=model))
+    measured = measured_step(cfg, model)
+    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+
+
+def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
+    """A table of free-memory cases: each adds the next saving exactly when the one before does not fit."""
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.plan.auto import MARGIN, choose, savings
+
+    model = tiny_base_model("sd1")
+    cfg = tiny_config(tmp_path, method="dreambooth")
+    steps, totals = [cfg], [plan_memory(cfg, model=model, device="cpu").total_bytes]
+    for saving in savings("cpu"):
+        if any(getattr(steps[-1], k) != v for k, v in saving.changes.items()):
+            steps.append(dataclasses.replace(steps[-1], **saving.changes))
+            totals.append(plan_memory(steps[-1], model=model, device="cpu").total_bytes)
+    assert all(a > b for a, b in zip(totals, totals[1:])), totals  # every saving saves
+    for n, total in enumerate(totals):  # free memory just enough for the plan after n savings
+        chosen, plan = choose(cfg, int(total / (1 - MARGIN)) + 1, "cpu", model=model)
+        assert len(plan.choices) == n and plan.total_bytes == total
+        assert dataclasses.asdict(chosen) == dataclasses.asdict(steps[n])
+    with pytest.raises(UserError, match="even with every saving"):
+        choose(cfg, int(totals[-1] * 0.5), "cpu", model=model)
+
+
+def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    from dreambooth_core.models import loading
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.plan import memory
+    from dreambooth_core.train.loop import Trainer
+
+    base = tmp_path / "tiny.safetensors"
+    loading.save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
+    free_plan = plan_memory(tiny_config(tmp_path, method="dreambooth", base_model=str(base), pack_frozen_convolutions=False,
+                                        mixed_precision="bf16", gradient_checkpointing=True), device="cpu")
+    monkeypatch.setattr(memory, "free_memory", lambda device: free_plan.total_bytes)
+    monkeypatch.setattr(memory, "run_device", lambda: "cpu")
+    monkeypatch.setattr(loading, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    pinned = config_from_dict({"mixed_precision": "no"}, tiny_config(tmp_path, method="dreambooth", base_model=str(base)))
+    assert pinned.pinned == ["mixed_precision"]
+    rec = Recorder()
+    with pytest.raises(UserError, match="mixed_precision='bf16'"):
+        Trainer(pinned, rec, rec.cancel).run()
+
+
+def test_cli_plan_reads_only_the_header_and_prints_json(tmp_path, capsys):
+    from dreambooth_core.cli import main
+    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    base = tmp_path / "tiny.safetensors"
+    save_single_file(tiny_base_model("sd2"), base, dtype="fp32")
+    assert main(["plan", "--json", "--device", "cpu", "--set", f"base_model={base}", "--set", "method=lora"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["family"] == "sd2" and out["total_bytes"] == sum(out["parts"].values())
+    assert set(out["parts"]) >= {"frozen_weights", "trainable_weights", "gradients", "optimizer_state", "activations", "caches"}
+    assert out["fits"] == {"6": True, "8": True, "12": True, "16": True, "24": True}
