@@ -83,22 +83,29 @@ def test_plan_of_a_lora_step_on_the_full_sd15_architecture(tmp_path):
 
 
 def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
-    """A table of free-memory cases: each adds the next saving exactly when the one before does not fit."""
+    """A table of free-memory cases for DreamBooth on a CPU: each case has just the memory the
+    plan after n savings needs, and gets exactly those n (packing saves nothing when the UNet trains)."""
     from dreambooth_core.models.tiny import tiny_base_model
-    from dreambooth_core.plan.auto import MARGIN, choose, savings
+    from dreambooth_core.plan.auto import MARGIN, choose
 
     model = tiny_base_model("sd1")
     cfg = tiny_config(tmp_path, method="dreambooth")
-    steps, totals = [cfg], [plan_memory(cfg, model=model, device="cpu").total_bytes]
-    for saving in savings("cpu"):
-        if any(getattr(steps[-1], k) != v for k, v in saving.changes.items()):
-            steps.append(dataclasses.replace(steps[-1], **saving.changes))
-            totals.append(plan_memory(steps[-1], model=model, device="cpu").total_bytes)
-    assert all(a > b for a, b in zip(totals, totals[1:])), totals  # every saving saves
-    for n, total in enumerate(totals):  # free memory just enough for the plan after n savings
+    table = [
+        ({}, []),
+        ({"mixed_precision": "bf16"}, ["bf16 mixed precision"]),
+        ({"mixed_precision": "bf16", "gradient_checkpointing": True}, ["bf16 mixed precision", "gradient checkpointing"]),
+        ({"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adafactor"},
+         ["bf16 mixed precision", "gradient checkpointing", "adafactor optimizer"]),
+    ]
+    totals = []
+    for changes, names in table:
+        expected = dataclasses.replace(cfg, **changes)
+        total = plan_memory(expected, model=model, device="cpu").total_bytes
         chosen, plan = choose(cfg, int(total / (1 - MARGIN)) + 1, "cpu", model=model)
-        assert len(plan.choices) == n and plan.total_bytes == total
-        assert dataclasses.asdict(chosen) == dataclasses.asdict(steps[n])
+        assert plan.choices == names and plan.total_bytes == total
+        assert dataclasses.asdict(chosen) == dataclasses.asdict(expected)
+        totals.append(total)
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == len(totals)  # every saving saves
     with pytest.raises(UserError, match="even with every saving"):
         choose(cfg, int(totals[-1] * 0.5), "cpu", model=model)
 
@@ -107,13 +114,14 @@ def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_
     from dreambooth_core.models import loading
     from dreambooth_core.models.tiny import tiny_base_model
     from dreambooth_core.plan import memory
+    from dreambooth_core.plan.auto import MARGIN
     from dreambooth_core.train.loop import Trainer
 
     base = tmp_path / "tiny.safetensors"
     loading.save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
-    free_plan = plan_memory(tiny_config(tmp_path, method="dreambooth", base_model=str(base), pack_frozen_convolutions=False,
-                                        mixed_precision="bf16", gradient_checkpointing=True), device="cpu")
-    monkeypatch.setattr(memory, "free_memory", lambda device: free_plan.total_bytes)
+    all_savings = plan_memory(tiny_config(tmp_path, method="dreambooth", base_model=str(base), pack_frozen_convolutions=False,
+                                          mixed_precision="bf16", gradient_checkpointing=True, optimizer="adafactor"), device="cpu")
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(all_savings.total_bytes / (1 - MARGIN)) + 1)
     monkeypatch.setattr(memory, "run_device", lambda: "cpu")
     monkeypatch.setattr(loading, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
     pinned = config_from_dict({"mixed_precision": "no"}, tiny_config(tmp_path, method="dreambooth", base_model=str(base)))

@@ -94,9 +94,11 @@ def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseMode
         if pinned:
             blocked += [f"{k}={saving.changes[k]!r}" for k in pinned]
             continue
-        config = dataclasses.replace(config, **saving.changes)
-        chosen.append(saving.name)
-        plan = plan_memory(config, device=device, arch=arch)
+        trial = dataclasses.replace(config, **saving.changes)
+        trial_plan = plan_memory(trial, device=device, arch=arch)
+        if trial_plan.total_bytes < plan.total_bytes:  # a saving that saves nothing here costs speed for nothing
+            config, plan = trial, trial_plan
+            chosen.append(saving.name)
     plan.choices = chosen
     if plan.total_bytes > budget:
         raise UserError(refusal(plan, free_bytes, blocked))
