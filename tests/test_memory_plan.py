@@ -143,3 +143,58 @@ def test_cli_plan_reads_only_the_header_and_prints_json(tmp_path, capsys):
     assert out["settings"]["family"] == "sd2" and out["total_bytes"] == sum(out["parts"].values())
     assert set(out["parts"]) >= {"frozen_weights", "trainable_weights", "gradients", "optimizer_state", "activations", "caches"}
     assert out["fits"] == {"6": True, "8": True, "12": True, "16": True, "24": True}
+
+
+# ---- out of memory mid-run -------------------------------------------------------------
+def inject_out_of_memory(monkeypatch, at_step: int, error: BaseException) -> list[int]:
+    """Step `at_step` fails once with `error` (before changing any weight); returns the steps tried."""
+    from dreambooth_core.train.loop import Trainer
+
+    tried: list[int] = []
+    real = Trainer._optimizer_step
+
+    def step(self):
+        tried.append(self.step + 1)
+        if self.step + 1 == at_step and tried.count(at_step) == 1:
+            raise error
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step)
+    return tried
+
+
+def test_out_of_memory_keeps_the_last_step_and_auto_resumes_once_with_the_next_saving(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.train import run_training
+
+    base = tmp_path / "tiny.safetensors"
+    save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
+    tried = inject_out_of_memory(monkeypatch, 3, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    rec = Recorder()
+    cfg = tiny_config(tmp_path, base_model=str(base), max_train_steps=4, checkpointing_steps=0)
+    result = run_training(cfg, rec, rec.cancel)
+    assert result.status == "completed" and result.step == 4
+    assert tried == [1, 2, 3, 3, 4]  # step 3 again, after resuming from step 2's state
+    warning = [e.message for e in rec.events if e.type == "log" and "out of memory" in e.message]
+    assert len(warning) == 1 and "state of step 2 is saved" in warning[0] and "Resuming once with" in warning[0]
+    assert load_file(str(result.run_dir / "state" / "step-2" / "trainable.safetensors"))
+    plan = json.loads((result.run_dir / "memory_plan.json").read_text())
+    assert plan["settings"]["pack_frozen_convolutions"] is False  # the next saving on a CPU
+    assert not [e for e in rec.events if e.type == "done" and e.status == "failed"]
+
+
+def test_out_of_memory_with_manual_memory_stops_with_what_to_change(tmp_path, monkeypatch):
+    from dreambooth_core.errors import OutOfMemory
+
+    inject_out_of_memory(monkeypatch, 2, RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes"))
+    cfg = tiny_config(tmp_path, memory="manual", max_train_steps=3)
+    rec = Recorder()
+    with pytest.raises(OutOfMemory, match=r"out of memory at step 2 .*state of step 1 is saved.*set pack_frozen_convolutions=False"):
+        from test_train_support import train
+
+        train(cfg, recorder=rec)
+    assert (tmp_path / "runs" / "zwx_dog" / "state" / "step-1").is_dir()
+    assert [e.status for e in rec.events if e.type == "done"] == ["failed"]

@@ -9,6 +9,7 @@ run with one process and N times the batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import TrainConfig
-from ..errors import Cancelled, UserError
+from ..errors import Cancelled, OutOfMemory, UserError
 from ..events import Artifact, CancelToken, Done, Error, Event, EventSink, Log, Preview, Progress, Started
 from ..data.dataset import LatentStats, TrainingData, caption_prompt, derive_seed, example_generator, make_examples
 from .loss import dreambooth_loss, min_snr_weights, per_example_mse, sample_noise, sample_timestep, training_target
@@ -108,6 +109,12 @@ def weights_identity(model: "BaseModel") -> str:
     return h.hexdigest()
 
 
+def is_out_of_memory(exc: RuntimeError) -> bool:
+    """A RuntimeError that is an allocation failure (CPU allocator, or a backend without OutOfMemoryError)."""
+    text = str(exc)
+    return "DefaultCPUAllocator: can't allocate" in text or "out of memory" in text.lower()
+
+
 def log_line(event: Event) -> tuple[str, str] | None:
     """What log.txt records of an event: warnings, milestones and files (not every step)."""
     if isinstance(event, Log):
@@ -140,6 +147,7 @@ class Trainer:
         self.step = 0
         self.micro_step = 0
         self.acc = None
+        self._retried = False  # an out-of-memory retry (memory="auto") happens once
 
     # ---- events ----------------------------------------------------------------------
     @property
@@ -172,15 +180,45 @@ class Trainer:
     def run(self) -> RunResult:
         try:
             return self._run()
+        except OutOfMemory as exc:
+            retry = self._retry_with_less_memory(exc)
+            if retry is None:
+                self._failed(exc)
+                raise
+            return retry.run()
         except Cancelled:
             self.info("cancelled before training started; nothing to resume")
             return self._done("cancelled")
         except Exception as exc:
-            user = isinstance(exc, UserError)
-            self.emit(Error(message=str(exc) or type(exc).__name__, user_error=user, traceback="" if user else traceback.format_exc()))
-            self.emit(Done(status="failed", run_dir=str(self.run_dir.root) if self.run_dir else "", step=self.step,
-                           artifacts=[a.to_dict() for a in self.artifacts]))
+            self._failed(exc)
             raise
+
+    def _failed(self, exc: Exception) -> None:
+        user = isinstance(exc, UserError)
+        self.emit(Error(message=str(exc) or type(exc).__name__, user_error=user, traceback="" if user else traceback.format_exc()))
+        self.emit(Done(status="failed", run_dir=str(self.run_dir.root) if self.run_dir else "", step=self.step,
+                       artifacts=[a.to_dict() for a in self.artifacts]))
+
+    def _retry_with_less_memory(self, exc: OutOfMemory) -> "Trainer | None":
+        """memory="auto": once, a new run that resumes from the saved state with the next
+        saving (plan.auto.next_saving); it loads the model again, so it needs a model file."""
+        from ..plan.auto import next_saving
+        from ..plan.memory import run_device
+
+        cfg = self.config
+        if cfg.memory != "auto" or self._retried or not cfg.base_model or not Path(cfg.base_model).exists():
+            return None
+        saving = next_saving(cfg, run_device())
+        if saving is None:
+            return None
+        self.warn(f"{exc} Resuming once with {saving.name}.")
+        # nothing saved yet (out of memory in the first step): start the run again
+        start = dict(resume_from="latest") if exc.step > 0 else dict(resume_from=None, overwrite=True)
+        retry_cfg = dataclasses.replace(cfg, **start, **saving.changes)
+        retry = Trainer(retry_cfg, self._sink, self.cancel, model_name=self.model_name)
+        retry._retried = True
+        self.model = None  # let the first attempt's model go before the second loads
+        return retry
 
     def _run(self) -> RunResult:
         cfg = self.config.validate(check_paths=self.model is None)
@@ -381,6 +419,36 @@ class Trainer:
         return packed_frozen_convolutions(self.model.unet, gradients=gradients)
 
     def _run_steps(self) -> RunResult:
+        try:
+            return self._steps()
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise self._out_of_memory(exc) from exc
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise self._out_of_memory(exc) from exc
+
+    def _out_of_memory(self, exc: BaseException) -> OutOfMemory:
+        """Keep the last finished step's state and say what to change."""
+        from ..plan.auto import next_saving
+        from ..plan.memory import run_device
+
+        self.optimizer.zero_grad(set_to_none=True)
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        kept = ""
+        if self.step > self.session_start:
+            self._save_state()
+            kept = f" the state of step {self.step} is saved (resume_from='latest' continues from it);"
+        saving = next_saving(self.config, run_device())
+        advice = f"set {', '.join(f'{k}={v!r}' for k, v in saving.changes.items())}" if saving else "lower resolution or train_batch_size"
+        return OutOfMemory(f"out of memory at step {self.step + 1} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]});{kept} "
+                           f"to fit, {advice}, or free memory the host holds (close other models), then resume.", self.step)
+
+    def _steps(self) -> RunResult:
         cfg = self.config
         try:
             if self.step == 0:
