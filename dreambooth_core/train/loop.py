@@ -235,10 +235,11 @@ class Trainer:
         if self.is_main:
             rd.create(clear=resume is None and cfg.overwrite)
         acc.wait_for_everyone()
-        if self.is_main and self.memory_plan is not None:
-            self.memory_plan.write(rd.root / "memory_plan.json")
         self.emit(Started(run_dir=str(rd.root), method=cfg.method, total_steps=cfg.max_train_steps,
                           start_step=saved_step(resume) if resume is not None else 0))
+        if self.is_main and self.memory_plan is not None:
+            self.memory_plan.write(rd.root / "memory_plan.json")
+            self.info(self.memory_plan.describe())
         if cfg.resume_from == "latest" and resume is None:
             self.warn(f"no saved state in {rd.state}: starting from step 0")
 
@@ -277,7 +278,7 @@ class Trainer:
     # ---- set-up ------------------------------------------------------------------------
     def _fit_memory(self, cfg: TrainConfig) -> TrainConfig:
         """memory="auto": the settings that fit the device (plan/auto.py), chosen and checked
-        before the model loads; the plan is logged and written into the run folder."""
+        before the model loads; the plan is logged and written into the run folder once it exists."""
         self.memory_plan = None
         if cfg.memory != "auto":
             return cfg
@@ -286,7 +287,6 @@ class Trainer:
 
         device = run_device()
         cfg, self.memory_plan = choose(cfg, free_memory(device), device, model=self.model)
-        self.info(self.memory_plan.describe())
         return cfg
 
     def _load_model(self) -> "BaseModel":
