@@ -340,3 +340,17 @@ def test_a_tiny_real_lora_run_from_the_train_button_to_the_lora_list(webui):
     assert lora.filename == str(webui.folders["lora"] / "zwx_dog.safetensors")
     assert lora.alias == "zwx_dog" and lora.sd_version == "SD1"
     assert view["delivered"][0]["prompt"] == "a photo of zwx dog <lora:zwx_dog:0.8>"
+
+
+def test_plan_memory_shows_the_plan_before_train_and_loads_nothing(webui):
+    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    save_single_file(tiny_base_model("sd1"), webui.folders["checkpoint"] / "tiny.safetensors", dtype="fp32")
+    webui.sd_models.list_models()
+    (shown,) = event(webui, "dbc_plan", "click").run(*form_values(webui, checkpoint="tiny.safetensors"))
+    shown = html.unescape(shown)
+    assert shown.startswith('<pre class="dbc-plan">memory plan for lora on sd1') and "total" in shown and "fits: 6 GB yes" in shown
+    assert webui.session.manager.list() == [] and webui.shared.sd_model.device == "cuda"
+    (refused,) = event(webui, "dbc_plan", "click").run(*form_values(webui))  # b"{}" is no checkpoint
+    assert "dbc-error" in refused

@@ -119,3 +119,14 @@ def next_saving(config: "TrainConfig", device: str) -> Saving | None:
         if "optimizer" not in saving.changes and applies(saving, config) and not blocked_by(saving, config):
             return saving
     return None
+
+
+def plan_for_run(config: "TrainConfig", model: "BaseModel | None" = None) -> tuple["TrainConfig", MemoryPlan]:
+    """The config a run will use on this machine's device and its plan (what Trainer and the
+    host adapters show before Train); refuses, before any model loads, a run that cannot fit."""
+    from .memory import free_memory, run_device
+
+    device = run_device()
+    if config.memory != "auto":
+        return config, plan_memory(config, model=model, device=device)
+    return choose(config, free_memory(device), device, model=model)

@@ -282,11 +282,9 @@ class Trainer:
         self.memory_plan = None
         if cfg.memory != "auto":
             return cfg
-        from ..plan.auto import choose
-        from ..plan.memory import free_memory, run_device
+        from ..plan.auto import plan_for_run
 
-        device = run_device()
-        cfg, self.memory_plan = choose(cfg, free_memory(device), device, model=self.model)
+        cfg, self.memory_plan = plan_for_run(cfg, model=self.model)
         return cfg
 
     def _load_model(self) -> "BaseModel":
