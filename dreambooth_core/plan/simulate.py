@@ -80,9 +80,10 @@ def simulate_step(config: "TrainConfig", family: "Family", configs: dict[str, An
         analytic = STATE_BYTES.get(config.optimizer)
         opt_cfg = dataclasses.replace(config, optimizer="sgd", adam_weight_decay=0.0) if analytic is not None else config
         optimizer = build_optimizer(opt_cfg, method.param_groups())
-        if device_type == "cuda":
+        if device_type == "cuda":  # torch's optimizers default to their foreach form there (temporaries the size of the weights)
             for g in optimizer.param_groups:
-                g["foreach"] = True if "foreach" in g else g.get("foreach")
+                if "foreach" in g:
+                    g["foreach"] = True
         for p in params:  # a first step creates the optimizer's state
             p.grad = torch.zeros_like(p)
         optimizer.step()
