@@ -21,10 +21,13 @@ from .registry import METHODS as _METHODS, NETWORKS as _NETWORKS
 METHODS = tuple(_METHODS)
 NETWORKS = tuple(_NETWORKS)
 MIXED_PRECISION = ("no", "fp16", "bf16")
-OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "sgd")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "sgd", "adafactor")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 SAMPLERS = ("ddim", "euler_a", "dpmpp_2m", "pndm", "lms", "euler")
 ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
+# memory (issue 14): "auto" adds the savings a run needs to fit (plan/auto.py); "manual" uses the settings as given
+MEMORY_MODES = ("auto", "manual")
+MEMORY_KEYS = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions")
 # Keys whose values are paths (a front end that serves clients checks where they point), and
 # the path keys inside each of `concepts`: `client_paths` lists them all.
 PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "dataset_config")
@@ -95,6 +98,10 @@ class TrainConfig:
     pack_frozen_convolutions: bool = True  # CPU: frozen conv weights kept in oneDNN's layout (faster; +1 copy of them if it fits)
     snr_gamma: float | None = None
     noise_offset: float = 0.0
+
+    # memory: with "auto" the MEMORY_KEYS not pinned are chosen to fit the device; set ones are pinned
+    memory: str = "auto"
+    pinned: list[str] = field(default_factory=list)
 
     # lora (and dreambooth for train_text_encoder)
     rank: int = 16
@@ -172,6 +179,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def pinned_memory_keys(self) -> set[str]:
+        """Memory settings memory="auto" must keep: those set explicitly, or away from their defaults."""
+        defaults = TrainConfig.__dataclass_fields__
+        return set(self.pinned) | {k for k in MEMORY_KEYS if getattr(self, k) != defaults[k].default}
+
     # ---- validation -----------------------------------------------------------------
     def validate(self, check_paths: bool = True) -> "TrainConfig":
         """Raise ConfigError naming the key and what to do; return self when all is well
@@ -184,6 +197,9 @@ class TrainConfig:
         choice("network", self.network, NETWORKS)
         choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("memory", self.memory, MEMORY_MODES)
+        for key in self.pinned:
+            choice("pinned", key, MEMORY_KEYS)
         choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         choice("validation_scheduler", self.validation_scheduler, SAMPLERS)
         choice("class_sampler", self.class_sampler, SAMPLERS)
@@ -392,6 +408,8 @@ def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> T
         if key not in FIELDS:
             raise unknown_key(key)
         values[key] = coerce(key, value)
+    set_here = [k for k in MEMORY_KEYS if k in data]  # a memory setting given explicitly is pinned
+    values["pinned"] = list(dict.fromkeys([*values.get("pinned", []), *set_here]))
     return TrainConfig(**values)
 
 

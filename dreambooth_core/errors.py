@@ -28,5 +28,13 @@ class OutputExistsError(UserError):
     """Refusing to overwrite an existing artifact."""
 
 
+class OutOfMemory(UserError):
+    """The device ran out of memory mid-run; the last finished step's state is saved."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 class Cancelled(Exception):
     """Raised inside a run when its cancel token is set; the loop saves state first."""

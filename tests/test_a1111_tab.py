@@ -411,3 +411,17 @@ def test_the_advanced_section_sets_buckets_tag_captions_and_long_prompts(webui):
     assert (config.max_token_length, config.clip_skip, config.masked_loss_floor) == (150, 2, 0.3)
     with pytest.raises(Exception, match="max_token_length must be one of 75, 150, 225"):
         form.build_config(form.Form.from_args(tuple(form_values(webui, max_token_length=100))))
+
+
+def test_plan_memory_shows_the_plan_before_train_and_loads_nothing(webui):
+    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    save_single_file(tiny_base_model("sd1"), webui.folders["checkpoint"] / "tiny.safetensors", dtype="fp32")
+    webui.sd_models.list_models()
+    (shown,) = event(webui, "dbc_plan", "click").run(*form_values(webui, checkpoint="tiny.safetensors"))
+    shown = html.unescape(shown)
+    assert shown.startswith('<pre class="dbc-plan">memory plan for lora on sd1') and "total" in shown and "fits: 6 GB yes" in shown
+    assert webui.session.manager.list() == [] and webui.shared.sd_model.device == "cuda"
+    (refused,) = event(webui, "dbc_plan", "click").run(*form_values(webui))  # b"{}" is no checkpoint
+    assert "dbc-error" in refused

@@ -150,20 +150,37 @@ def _text_encoder_class(family: Family, index: int):
     return CLIPTextModelWithProjection if family.is_sdxl and index == 1 else CLIPTextModel
 
 
-def _empty_components(family: Family, configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Components with parameters on the meta device (buffers real), ready for assign-loading."""
+@contextlib.contextmanager
+def _default_dtype(dtype: "torch.dtype | None") -> Iterator[None]:
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or before)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def _empty_components(family: Family, configs: dict[str, dict[str, Any]], empty: bool = True,
+                      dtypes: Mapping[str, "torch.dtype"] | None = None) -> dict[str, Any]:
+    """Components with parameters on the meta device (buffers real), ready for assign-loading;
+    with `empty=False`, parameters made by the current mode (fake tensors, for memory planning:
+    built straight in `dtypes`, as fake parameters cannot be converted afterwards)."""
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig
 
-    with init_empty_weights():
-        out: dict[str, Any] = {
-            "unet": UNet2DConditionModel.from_config(configs["unet"]),
-            "vae": AutoencoderKL.from_config(configs["vae"]),
-        }
+    dtypes = dtypes or {}
+    with init_empty_weights() if empty else contextlib.nullcontext():
+        with _default_dtype(dtypes.get("unet")):
+            out: dict[str, Any] = {"unet": UNet2DConditionModel.from_config(configs["unet"])}
+        with _default_dtype(dtypes.get("vae")):
+            out["vae"] = AutoencoderKL.from_config(configs["vae"])
         for i, name in enumerate(family.text_encoders):
             cfg = {k: v for k, v in configs[name].items() if k not in _TEXT_CONFIG_NOISE}
-            out[name] = _text_encoder_class(family, i)(CLIPTextConfig(**cfg))
+            with _default_dtype(dtypes.get(name)):
+                out[name] = _text_encoder_class(family, i)(CLIPTextConfig(**cfg))
     return out
 
 
@@ -181,12 +198,15 @@ def _bundle(family: Family, modules: dict[str, Any], scheduler: dict[str, Any], 
     )
 
 
-def empty_base_model(family: str | Family, configs: dict[str, dict[str, Any]] | None = None) -> BaseModel:
+def empty_base_model(family: str | Family, configs: dict[str, dict[str, Any]] | None = None, meta: bool = True,
+                     dtypes: Mapping[str, "torch.dtype"] | None = None) -> BaseModel:
     """A full-size (or `configs`-size) model whose parameters live on the meta device:
-    the real module tree and key names at no memory cost, for layout checks in tests."""
+    the real module tree and key names at no memory cost, for layout checks in tests.
+    `meta=False` makes them in the current mode, in `dtypes`, instead (under FakeTensorMode: planning)."""
     fam = family if isinstance(family, Family) else get_family(family)
     configs = configs or shipped_configs(fam)
-    return _bundle(fam, _empty_components(fam, configs), configs["scheduler"], family_tokenizers(fam), name=f"empty-{fam.name}")
+    modules = _empty_components(fam, configs, empty=meta, dtypes=dtypes)
+    return _bundle(fam, modules, configs["scheduler"], family_tokenizers(fam), name=f"empty-{fam.name}")
 
 
 # ---------------------------------------------------------------- loading

@@ -9,6 +9,7 @@ run with one process and N times the batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import TrainConfig
-from ..errors import Cancelled, UserError
+from ..errors import Cancelled, OutOfMemory, UserError
 from ..events import Artifact, CancelToken, Done, Error, Event, EventSink, Log, Preview, Progress, Started
 from ..data.dataset import LatentStats, TrainingData, derive_seed, example_generator
 from .ema import WeightAverage, split_state
@@ -69,6 +70,10 @@ def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
         return torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=config.learning_rate, weight_decay=decay)
+    if name == "adafactor":  # factored second moments: a few bytes per row and column, not 8 per weight
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=config.learning_rate, weight_decay=decay, scale_parameter=False, relative_step=False, warmup_init=False)
     if name == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -105,6 +110,12 @@ def weights_identity(model: "BaseModel") -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def is_out_of_memory(exc: RuntimeError) -> bool:
+    """A RuntimeError that is an allocation failure (CPU allocator, or a backend without OutOfMemoryError)."""
+    text = str(exc)
+    return "DefaultCPUAllocator: can't allocate" in text or "out of memory" in text.lower()
 
 
 def log_line(event: Event) -> tuple[str, str] | None:
@@ -151,6 +162,7 @@ class Trainer:
         self.acc = None
         self.ema: WeightAverage | None = None
         self.own_finals: set[str] = set()  # this run's final outputs that a continuation replaces
+        self._retried = False  # an out-of-memory retry (memory="auto") happens once
 
     # ---- events ----------------------------------------------------------------------
     @property
@@ -184,19 +196,50 @@ class Trainer:
         with contextlib.ExitStack() as self._scope:   # what the run changed in the process, undone after it
             try:
                 return self._run()
+            except OutOfMemory as exc:
+                retry = self._retry_with_less_memory(exc)
+                if retry is None:
+                    self._failed(exc)
+                    raise
+                return retry.run()
             except Cancelled:
                 self.info("cancelled before training started; nothing to resume")
                 return self._done("cancelled")
             except Exception as exc:
-                user = isinstance(exc, UserError)
-                self.emit(Error(message=str(exc) or type(exc).__name__, user_error=user, traceback="" if user else traceback.format_exc()))
-                self.emit(Done(status="failed", run_dir=str(self.run_dir.root) if self.run_dir else "", step=self.step,
-                               artifacts=[a.to_dict() for a in self.artifacts]))
+                self._failed(exc)
                 raise
+
+    def _failed(self, exc: Exception) -> None:
+        user = isinstance(exc, UserError)
+        self.emit(Error(message=str(exc) or type(exc).__name__, user_error=user, traceback="" if user else traceback.format_exc()))
+        self.emit(Done(status="failed", run_dir=str(self.run_dir.root) if self.run_dir else "", step=self.step,
+                       artifacts=[a.to_dict() for a in self.artifacts]))
+
+    def _retry_with_less_memory(self, exc: OutOfMemory) -> "Trainer | None":
+        """memory="auto": once, a new run that resumes from the saved state with the next
+        saving (plan.auto.next_saving); it loads the model again, so it needs a model file."""
+        from ..plan.auto import next_saving
+        from ..plan.memory import run_device
+
+        cfg = self.config
+        if cfg.memory != "auto" or self._retried or not cfg.base_model or not Path(cfg.base_model).exists():
+            return None
+        saving = next_saving(cfg, run_device())
+        if saving is None:
+            return None
+        self.warn(f"{exc} Resuming once with {saving.name}.")
+        # nothing saved yet (out of memory in the first step): start the run again
+        start = dict(resume_from="latest") if exc.step > 0 else dict(resume_from=None, overwrite=True)
+        retry_cfg = dataclasses.replace(cfg, **start, **saving.changes)
+        retry = Trainer(retry_cfg, self._sink, self.cancel, model_name=self.model_name)
+        retry._retried = True
+        self.model = None  # let the first attempt's model go before the second loads
+        return retry
 
     def _run(self) -> RunResult:
         self.config = cfg = self.config.validate(check_paths=self.model is None)  # a kohya dataset_config read in
         self._started_at = time.time()
+        self.config = cfg = self._fit_memory(cfg)
         self.acc = acc = make_accelerator(cfg)
         self.run_dir = rd = RunDir.for_config(cfg)
         resume = rd.resume_folder(cfg.resume_from)
@@ -212,6 +255,9 @@ class Trainer:
         acc.wait_for_everyone()
         self.emit(Started(run_dir=str(rd.root), method=cfg.method, total_steps=cfg.max_train_steps,
                           start_step=saved_step(resume) if resume is not None else 0))
+        if self.is_main and self.memory_plan is not None:
+            self.memory_plan.write(rd.root / "memory_plan.json")
+            self.info(self.memory_plan.describe())
         if cfg.resume_from == "latest" and resume is None:
             self.warn(f"no saved state in {rd.state}: starting from step 0")
         for problem in rd.skipped_states:
@@ -257,6 +303,17 @@ class Trainer:
         return self._train()
 
     # ---- set-up ------------------------------------------------------------------------
+    def _fit_memory(self, cfg: TrainConfig) -> TrainConfig:
+        """memory="auto": the settings that fit the device (plan/auto.py), chosen and checked
+        before the model loads; the plan is logged and written into the run folder once it exists."""
+        self.memory_plan = None
+        if cfg.memory != "auto":
+            return cfg
+        from ..plan.auto import plan_for_run
+
+        cfg, self.memory_plan = plan_for_run(cfg, model=self.model)
+        return cfg
+
     def _load_model(self) -> "BaseModel":
         if self.model is None:
             from ..fileio import unsafe_pickle_requested
@@ -403,6 +460,36 @@ class Trainer:
         return packed_frozen_convolutions(self.model.unet, gradients=gradients)
 
     def _run_steps(self) -> RunResult:
+        try:
+            return self._steps()
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            raise self._out_of_memory(exc) from exc
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise self._out_of_memory(exc) from exc
+
+    def _out_of_memory(self, exc: BaseException) -> OutOfMemory:
+        """Keep the last finished step's state and say what to change."""
+        from ..plan.auto import next_saving
+        from ..plan.memory import run_device
+
+        self.optimizer.zero_grad(set_to_none=True)
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        kept = ""
+        if self.step > self.session_start:
+            self._save_state()
+            kept = f" the state of step {self.step} is saved (resume_from='latest' continues from it);"
+        saving = next_saving(self.config, run_device())
+        advice = f"set {', '.join(f'{k}={v!r}' for k, v in saving.changes.items())}" if saving else "lower resolution or train_batch_size"
+        return OutOfMemory(f"out of memory at step {self.step + 1} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]});{kept} "
+                           f"to fit, {advice}, or free memory the host holds (close other models), then resume.", self.step)
+
+    def _steps(self) -> RunResult:
         cfg = self.config
         try:
             if self.step == 0:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreambooth_core.config import (LR_SCHEDULERS, MIXED_PRECISION, NETWORKS, OPTIMIZERS, PRESETS, TrainConfig,
-                                    check_client_limits, config_from_dict, load_config)
+from dreambooth_core.config import (LR_SCHEDULERS, MEMORY_KEYS, MIXED_PRECISION, NETWORKS, OPTIMIZERS, PRESETS,
+                                    TrainConfig, check_client_limits, config_from_dict, load_config)
 from dreambooth_core.data.images import IMAGE_SUFFIXES
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.paths import MARKER, contained, real_path, remove_owned_folder, safe_name
@@ -164,15 +164,18 @@ def instance_images(form: Form, runs: Path) -> Path:
     return folder
 
 
-def build_config(form: Form, resume: bool = False) -> TrainConfig:
-    """The validated config the form describes; UserError (one sentence) on bad input."""
+def build_config(form: Form, resume: bool = False, check_folder: bool = True) -> TrainConfig:
+    """The validated config the form describes; UserError (one sentence) on bad input.
+    `check_folder=False` (planning) skips the run-folder checks of Train and Resume."""
     v = form.values
     method = METHODS.get(v.get("method") or "")
     if method is None:
         raise UserError(f"choose a method: {', '.join(METHODS)}")
     preset = v.get("preset") or method[1]
     runs = host.runs_dir()
-    overrides: dict[str, Any] = {key: v[key] for key in ADVANCED if v.get(key) is not None}
+    # a memory control left at its default is not pinned: memory="auto" may choose it
+    overrides: dict[str, Any] = {key: v[key] for key in ADVANCED if v.get(key) is not None
+                                 and not (key in MEMORY_KEYS and v[key] == getattr(TrainConfig, key))}
     overrides["resolution"] = int(v.get("resolution") or 0) or None
     overrides.update(
         method=method[0],
@@ -193,7 +196,8 @@ def build_config(form: Form, resume: bool = False) -> TrainConfig:
     if resume:
         overrides["resume_from"] = "latest"
     config = check_client_limits(load_config(preset=preset, overrides=overrides))
-    check_run_folder(config, resume)
+    if check_folder:
+        check_run_folder(config, resume)
     return config
 
 

@@ -35,6 +35,11 @@ def message_html(text: str, error: bool = True) -> str:
     return f'<div class="dbc-status" data-dbc-active="0"><p class="{css}">{_e(text)}</p></div>'
 
 
+def plan_html(text: str) -> str:
+    """A memory plan (plan.memory.MemoryPlan.describe) as preformatted text."""
+    return f'<pre class="dbc-plan">{_e(text)}</pre>'
+
+
 def status_html(view: dict[str, Any] | None) -> str:
     """Progress bar, ETA, loss and step; when done, where each file went and the prompt to use."""
     if not view:

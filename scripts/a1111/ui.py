@@ -64,6 +64,17 @@ def start(*values: Any, resume: bool = False) -> tuple:
     return run_outputs(get_session().view(job_id), None)
 
 
+def plan(*values: Any) -> str:
+    """The memory plan of the form's run on this machine (no weights are loaded), before Train."""
+    from dreambooth_core.plan.auto import plan_for_run
+
+    try:
+        _, memory_plan = plan_for_run(form.build_config(form.Form.from_args(values), check_folder=False))
+    except UserError as exc:
+        return render.message_html(str(exc))
+    return render.plan_html(memory_plan.describe())
+
+
 def train(*values: Any) -> tuple:
     return start(*values, resume=False)
 
@@ -187,6 +198,8 @@ def build_tab():
                     train_button = gr.Button("Train", variant="primary", elem_id="dbc_train")
                     cancel_button = gr.Button("Cancel", variant="stop", elem_id=CANCEL_ID)
                     resume_button = gr.Button("Resume", elem_id="dbc_resume")
+                    plan_button = gr.Button("Plan memory", elem_id="dbc_plan")
+                plan_view = gr.HTML(value="", elem_id="dbc_plan_view")
             with gr.Column(scale=2):
                 status = gr.HTML(value=render.status_html(None), elem_id=STATUS_ID)
                 loss = gr.HTML(value="", elem_id="dbc_loss")
@@ -200,6 +213,7 @@ def build_tab():
         filled = [c["prior"], c["num_class_images"], *(c[key] for key in form.ADVANCED)]
         train_button.click(fn=train, inputs=inputs, outputs=run_views)
         resume_button.click(fn=resume, inputs=inputs, outputs=run_views)
+        plan_button.click(fn=plan, inputs=inputs, outputs=[plan_view])
         cancel_button.click(fn=cancel, inputs=[], outputs=[status], queue=False)
         poll_button.click(fn=poll, inputs=[shown], outputs=run_views, queue=False, show_progress="hidden")
         refresh.click(fn=refresh_checkpoints, inputs=[c["checkpoint"]], outputs=[c["checkpoint"]], queue=False)

@@ -1,0 +1,132 @@
+"""memory="auto": the cheapest savings that make a run fit its device, in a fixed order.
+
+The order (each step is tried only when the steps before it do not fit):
+1. on a CPU only: frozen convolutions stay plain (no packed copy: slower steps, less memory);
+2. bf16 mixed precision (fp16 where bf16 is missing) with fp32 trained weights; frozen parts
+   are then loaded in the compute dtype (Method.load_dtypes);
+3. cached latents (the VAE leaves the step) - text-encoder outputs are cached whenever the
+   text encoders do not train;
+4. gradient checkpointing;
+5. a lean optimizer: 8-bit AdamW where bitsandbytes works on a GPU, else Adafactor.
+On a GPU step 2 is always taken (it is faster there too). A setting the user pinned is
+never changed; when the plan still does not fit, the run is refused before the model loads.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+from .memory import GiB, MemoryPlan, architecture, plan_memory
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+    from ..models.base import BaseModel
+
+MARGIN = 0.10  # of the free memory, kept spare
+
+
+@dataclass(frozen=True)
+class Saving:
+    name: str               # said in the plan and in messages
+    changes: dict[str, Any]
+
+
+def compute_precision(device: str) -> str:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return "fp16"
+    return "bf16"
+
+
+def lean_optimizer(device: str) -> str:
+    if device == "cuda":
+        try:
+            import bitsandbytes  # noqa: F401
+
+            return "adamw8bit"
+        except Exception:  # missing, or built without this GPU's support
+            pass
+    return "adafactor"
+
+
+def savings(device: str) -> list[Saving]:
+    """The savings in the order they are tried on `device`."""
+    out = [Saving("frozen convolutions not packed (CPU: slower steps)", {"pack_frozen_convolutions": False})] if device == "cpu" else []
+    return out + [
+        Saving(f"{compute_precision(device)} mixed precision", {"mixed_precision": compute_precision(device)}),
+        Saving("cached latents", {"cache_latents": True}),
+        Saving("gradient checkpointing", {"gradient_checkpointing": True}),
+        Saving(f"{lean_optimizer(device)} optimizer", {"optimizer": lean_optimizer(device)}),
+    ]
+
+
+def applies(saving: Saving, config: "TrainConfig") -> bool:
+    return any(getattr(config, k) != v for k, v in saving.changes.items())
+
+
+def blocked_by(saving: Saving, config: "TrainConfig") -> list[str]:
+    """The pinned settings that keep `saving` from being taken."""
+    return [k for k, v in saving.changes.items() if k in config.pinned_memory_keys and getattr(config, k) != v]
+
+
+def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseModel | None" = None) -> tuple["TrainConfig", MemoryPlan]:
+    """The config with the savings it needs to fit `free_bytes` (and its plan), or a UserError
+    naming the estimate and the pinned setting to change."""
+    arch = architecture(config, model)
+    budget = free_bytes * (1 - MARGIN)
+    chosen: list[str] = []
+    blocked: list[str] = []
+    order = savings(device)
+    if device != "cpu" and applies(order[0], config) and not blocked_by(order[0], config):
+        config = dataclasses.replace(config, **order[0].changes)
+        chosen.append(order[0].name)
+        order = order[1:]
+    plan = plan_memory(config, device=device, arch=arch)
+    for saving in order:
+        if plan.total_bytes <= budget:
+            break
+        if not applies(saving, config):
+            continue
+        pinned = blocked_by(saving, config)
+        if pinned:
+            blocked += [f"{k}={saving.changes[k]!r}" for k in pinned]
+            continue
+        trial = dataclasses.replace(config, **saving.changes)
+        trial_plan = plan_memory(trial, device=device, arch=arch)
+        if trial_plan.total_bytes < plan.total_bytes:  # a saving that saves nothing here costs speed for nothing
+            config, plan = trial, trial_plan
+            chosen.append(saving.name)
+    plan.choices = chosen
+    if plan.total_bytes > budget:
+        raise UserError(refusal(plan, free_bytes, blocked))
+    return config, plan
+
+
+def refusal(plan: MemoryPlan, free_bytes: int, blocked: list[str]) -> str:
+    need = f"needs about {plan.total_bytes / GiB:.1f} GiB ({', '.join(f'{k} {v / GiB:.1f}' for k, v in plan.parts.items() if v)})" \
+           f" but the {plan.device} has {free_bytes / GiB:.1f} GiB free"
+    if blocked:
+        return f"this run {need}: set {', '.join(blocked)} (or unpin it) and memory='auto' will make it fit, or lower resolution or train_batch_size"
+    return f"this run {need} even with every saving: lower resolution or train_batch_size, or train a LoRA instead"
+
+
+def next_saving(config: "TrainConfig", device: str) -> Saving | None:
+    """The first saving not yet taken that a resumed run may take (the optimizer cannot change on resume)."""
+    for saving in savings(device):
+        if "optimizer" not in saving.changes and applies(saving, config) and not blocked_by(saving, config):
+            return saving
+    return None
+
+
+def plan_for_run(config: "TrainConfig", model: "BaseModel | None" = None) -> tuple["TrainConfig", MemoryPlan]:
+    """The config a run will use on this machine's device and its plan (what Trainer and the
+    host adapters show before Train); refuses, before any model loads, a run that cannot fit."""
+    from .memory import free_memory, run_device
+
+    device = run_device()
+    if config.memory != "auto":
+        return config, plan_memory(config, model=model, device=device)
+    return choose(config, free_memory(device), device, model=model)

@@ -1,0 +1,200 @@
+"""The memory planner against real steps, memory="auto"'s choices, and refusing before loading."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from test_train_support import Recorder, tiny_config
+
+from dreambooth_core.config import config_from_dict
+from dreambooth_core.errors import UserError
+from dreambooth_core.plan.live_bytes import LiveBytes, storage_bytes
+from dreambooth_core.plan.memory import plan_memory
+
+METHODS = ("lora", "dreambooth", "textual_inversion", "hypernetwork")
+
+
+def measured_step(config, model) -> int:
+    """Bytes the loop's second step holds at its peak: what lives on the device when it
+    starts (weights, optimizer state) plus the peak of what the step allocates, counted on
+    real tensors by the same dispatch mode the planner uses (deterministic, unlike RSS,
+    which the allocator's caching and other processes blur)."""
+    from dreambooth_core.train.loop import Trainer
+
+    peaks: list[int] = []
+    rec = Recorder()
+    trainer = Trainer(config, rec, rec.cancel, model=model)
+    real_step = trainer._optimizer_step
+
+    def counted_step():
+        if trainer.step == 0:
+            return real_step()  # the first step creates the optimizer state
+        m = trainer.model
+        held = [t for mod in (m.unet, m.vae, *m.text_encoders, *trainer.method.trainable_modules().values())
+                for t in (*mod.parameters(), *mod.buffers())]
+        before = storage_bytes([held, trainer.optimizer.state_dict()["state"]])
+        with LiveBytes() as live:
+            out = real_step()
+        peaks.append(before + live.peak)
+        return out
+
+    trainer._optimizer_step = counted_step
+    trainer.run()
+    return peaks[0]
+
+
+def step_bytes(plan) -> int:
+    """The plan's device total without host caches and the CPU packing copy (switched off here)."""
+    return plan.total_bytes - plan.parts["caches"] - plan.parts["packed_convolutions"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_plan_is_within_15_percent_of_a_real_step(tmp_path, method, checkpointing):
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    cfg = tiny_config(tmp_path, method=method, memory="manual", pack_frozen_convolutions=False, max_train_steps=2,
+                      gradient_checkpointing=checkpointing, learning_rate=1e-4)
+    model = tiny_base_model("sd1")
+    planned = step_bytes(plan_memory(cfg, model=model))
+    measured = measured_step(cfg, model)
+    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+
+
+@pytest.mark.slow
+def test_plan_of_a_lora_step_on_the_full_sd15_architecture(tmp_path):
+    """One LoRA step of the real SD1.5 module tree (random weights) at 128 px."""
+    from dreambooth_core.models.base import BaseModel
+    from dreambooth_core.models.loading import _empty_components, shipped_configs
+    from dreambooth_core.families import get_family
+    from dreambooth_core.models.tokenizers import family_tokenizers
+
+    fam = get_family("sd1")
+    configs = shipped_configs(fam)
+    modules = _empty_components(fam, configs, empty=False)
+    model = BaseModel(fam, modules["unet"], modules["vae"], [modules["text_encoder"]], family_tokenizers(fam), configs["scheduler"], name="sd1-random")
+    cfg = tiny_config(tmp_path, method="lora", memory="manual", pack_frozen_convolutions=False, resolution=128, rank=16, max_train_steps=2)
+    planned = step_bytes(plan_memory(cfg, model=model))
+    measured = measured_step(cfg, model)
+    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+
+
+def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
+    """A table of free-memory cases for DreamBooth on a CPU: each case has just the memory the
+    plan after n savings needs, and gets exactly those n (packing saves nothing when the UNet trains)."""
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.plan.auto import MARGIN, choose
+
+    model = tiny_base_model("sd1")
+    cfg = tiny_config(tmp_path, method="dreambooth")
+    table = [
+        ({}, []),
+        ({"mixed_precision": "bf16"}, ["bf16 mixed precision"]),
+        ({"mixed_precision": "bf16", "gradient_checkpointing": True}, ["bf16 mixed precision", "gradient checkpointing"]),
+        ({"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adafactor"},
+         ["bf16 mixed precision", "gradient checkpointing", "adafactor optimizer"]),
+    ]
+    totals = []
+    for changes, names in table:
+        expected = dataclasses.replace(cfg, **changes)
+        total = plan_memory(expected, model=model, device="cpu").total_bytes
+        chosen, plan = choose(cfg, int(total / (1 - MARGIN)) + 1, "cpu", model=model)
+        assert plan.choices == names and plan.total_bytes == total
+        assert dataclasses.asdict(chosen) == dataclasses.asdict(expected)
+        totals.append(total)
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == len(totals)  # every saving saves
+    with pytest.raises(UserError, match="even with every saving"):
+        choose(cfg, int(totals[-1] * 0.5), "cpu", model=model)
+
+
+def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    from dreambooth_core.models import loading
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.plan import memory
+    from dreambooth_core.plan.auto import MARGIN
+    from dreambooth_core.train.loop import Trainer
+
+    base = tmp_path / "tiny.safetensors"
+    loading.save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
+    all_savings = plan_memory(tiny_config(tmp_path, method="dreambooth", base_model=str(base), pack_frozen_convolutions=False,
+                                          mixed_precision="bf16", gradient_checkpointing=True, optimizer="adafactor"), device="cpu")
+    monkeypatch.setattr(memory, "free_memory", lambda device: int(all_savings.total_bytes / (1 - MARGIN)) + 1)
+    monkeypatch.setattr(memory, "run_device", lambda: "cpu")
+    monkeypatch.setattr(loading, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    pinned = config_from_dict({"mixed_precision": "no"}, tiny_config(tmp_path, method="dreambooth", base_model=str(base)))
+    assert pinned.pinned == ["mixed_precision"]
+    rec = Recorder()
+    with pytest.raises(UserError, match="mixed_precision='bf16'"):
+        Trainer(pinned, rec, rec.cancel).run()
+
+
+def test_cli_plan_reads_only_the_header_and_prints_json(tmp_path, capsys):
+    from dreambooth_core.cli import main
+    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    base = tmp_path / "tiny.safetensors"
+    save_single_file(tiny_base_model("sd2"), base, dtype="fp32")
+    assert main(["plan", "--json", "--device", "cpu", "--set", f"base_model={base}", "--set", "method=lora"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["family"] == "sd2" and out["total_bytes"] == sum(out["parts"].values())
+    assert set(out["parts"]) >= {"frozen_weights", "trainable_weights", "gradients", "optimizer_state", "activations", "caches"}
+    assert out["fits"] == {"6": True, "8": True, "12": True, "16": True, "24": True}
+
+
+# ---- out of memory mid-run -------------------------------------------------------------
+def inject_out_of_memory(monkeypatch, at_step: int, error: BaseException) -> list[int]:
+    """Step `at_step` fails once with `error` (before changing any weight); returns the steps tried."""
+    from dreambooth_core.train.loop import Trainer
+
+    tried: list[int] = []
+    real = Trainer._optimizer_step
+
+    def step(self):
+        tried.append(self.step + 1)
+        if self.step + 1 == at_step and tried.count(at_step) == 1:
+            raise error
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step)
+    return tried
+
+
+def test_out_of_memory_keeps_the_last_step_and_auto_resumes_once_with_the_next_saving(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.train import run_training
+
+    base = tmp_path / "tiny.safetensors"
+    save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
+    tried = inject_out_of_memory(monkeypatch, 3, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    rec = Recorder()
+    cfg = tiny_config(tmp_path, base_model=str(base), max_train_steps=4, checkpointing_steps=0)
+    result = run_training(cfg, rec, rec.cancel)
+    assert result.status == "completed" and result.step == 4
+    assert tried == [1, 2, 3, 3, 4]  # step 3 again, after resuming from step 2's state
+    warning = [e.message for e in rec.events if e.type == "log" and "out of memory" in e.message]
+    assert len(warning) == 1 and "state of step 2 is saved" in warning[0] and "Resuming once with" in warning[0]
+    assert load_file(str(result.run_dir / "state" / "step-2" / "trainable.safetensors"))
+    plan = json.loads((result.run_dir / "memory_plan.json").read_text())
+    assert plan["settings"]["pack_frozen_convolutions"] is False  # the next saving on a CPU
+    assert not [e for e in rec.events if e.type == "done" and e.status == "failed"]
+
+
+def test_out_of_memory_with_manual_memory_stops_with_what_to_change(tmp_path, monkeypatch):
+    from dreambooth_core.errors import OutOfMemory
+
+    inject_out_of_memory(monkeypatch, 2, RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes"))
+    cfg = tiny_config(tmp_path, memory="manual", max_train_steps=3)
+    rec = Recorder()
+    with pytest.raises(OutOfMemory, match=r"out of memory at step 2 .*state of step 1 is saved.*set pack_frozen_convolutions=False"):
+        from test_train_support import train
+
+        train(cfg, recorder=rec)
+    assert (tmp_path / "runs" / "zwx_dog" / "state" / "step-1").is_dir()
+    assert [e.status for e in rec.events if e.type == "done"] == ["failed"]
