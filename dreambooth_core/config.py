@@ -408,7 +408,9 @@ def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> T
         if key not in FIELDS:
             raise unknown_key(key)
         values[key] = coerce(key, value)
-    set_here = [k for k in MEMORY_KEYS if k in data]  # a memory setting given explicitly is pinned
+    # A memory setting given explicitly is pinned; a whole config written out (to_dict: the worker's
+    # payload, a run folder's config.json) carries its `pinned` list, which is then taken as it is.
+    set_here = [] if "pinned" in data else [k for k in MEMORY_KEYS if k in data]
     values["pinned"] = list(dict.fromkeys([*values.get("pinned", []), *set_here]))
     return TrainConfig(**values)
 

@@ -13,6 +13,7 @@ from dreambooth_core.config import TrainConfig
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.events import Artifact, Done, Error, Event, Log, Preview, Progress, Started
 from dreambooth_core.jobs import Job, JobManager, RunState
+from dreambooth_core.plan.memory import MemoryPlan
 from dreambooth_core.publish import HOST_KINDS, publish
 from dreambooth_core.reruns import (FinishedRun, Published, RunPlan, finished_run, placed_by_a_run, plan_run, record_finished,
                                     recorded_run)
@@ -178,8 +179,9 @@ class EventRelay:
             self._status(f"{event.method}: {event.total_steps} steps{resumed}", force=True)
         elif isinstance(event, Log):
             (log.warning if event.level == "warning" else log.info)("DreamBooth: %s", event.message)
-            if event.level == "warning":
-                self._status(f"warning: {event.message}", force=True)
+            plan = MemoryPlan.summary_of(event.message)   # the run's memory plan, before its first step
+            if event.level == "warning" or plan:
+                self._status(plan or f"warning: {event.message}", force=True)
         elif isinstance(event, Error):
             log.error("DreamBooth: %s", event.message)
         elif isinstance(event, Artifact) and event.kind == "state":

@@ -404,6 +404,31 @@ def test_status_line_shows_every_phase_change_despite_rate_limiting(comfy):
     assert forced == ["class images 1/2", "caching latents 1/2", "training 1/3"]
 
 
+def test_the_node_shows_the_memory_plan_before_the_first_step(comfy):
+    """The run's memory plan (made before the model loads) reaches the node's status line at once."""
+    from dreambooth_core.config import TrainConfig
+    from dreambooth_core.events import Log
+    from dreambooth_core.plan.memory import plan_memory
+    from nodes.runner import EventRelay
+
+    sent = []
+
+    class Bar:
+        def update(self, *a, **k) -> None:
+            pass
+
+        def status(self, text: str, force: bool = False, **data) -> None:
+            sent.append((text, force))
+
+    plan = plan_memory(TrainConfig(method="lora", family="sd1", resolution=256), device="cuda")
+    relay = EventRelay(Bar())
+    relay(Log(level="info", message=plan.describe()))
+    relay(Log(level="info", message="6 instance image(s)"))
+    ((text, forced),) = sent
+    assert forced and text.startswith("memory plan for lora on sd1 at 256 px")
+    assert f"{plan.total_bytes / 2**30:.2f} GiB planned" in text and "fits: " not in text and "6 GB" in text
+
+
 def test_options_take_a_kohya_dataset_toml(comfy, tmp_path):
     """A kohya user's dataset config works from the Train node's options; its keys are checked."""
     from dreambooth_core.errors import ConfigError

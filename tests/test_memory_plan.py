@@ -198,3 +198,13 @@ def test_out_of_memory_with_manual_memory_stops_with_what_to_change(tmp_path, mo
         train(cfg, recorder=rec)
     assert (tmp_path / "runs" / "zwx_dog" / "state" / "step-1").is_dir()
     assert [e.status for e in rec.events if e.type == "done"] == ["failed"]
+
+
+def test_a_config_sent_whole_keeps_what_was_pinned():
+    """The worker gets the config as to_dict(): memory settings left to auto must stay unpinned there."""
+    from dreambooth_core.config import config_from_dict
+
+    chosen = config_from_dict({"method": "lora", "optimizer": "adafactor"})
+    assert chosen.pinned == ["optimizer"]
+    again = config_from_dict(chosen.to_dict())
+    assert again.pinned == ["optimizer"] and again.pinned_memory_keys == {"optimizer"}

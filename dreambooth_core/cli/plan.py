@@ -20,7 +20,11 @@ def run(args: argparse.Namespace) -> int:
         overrides["family"] = args.family
     config = load_config(args.config, preset=args.preset, overrides=overrides, check_paths=False)
     device = args.device
-    if args.vram is not None and config.memory == "auto":
+    if args.here:
+        from ..plan.auto import plan_for_run
+
+        config, plan = plan_for_run(config)
+    elif args.vram is not None and config.memory == "auto":
         config, plan = choose(config, int(args.vram * GiB), device)
     else:
         plan = plan_memory(config, device=device)
@@ -39,5 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--vram", type=float, metavar="GB", help="free device memory: memory='auto' chooses the savings for it; exit 1 if it cannot fit")
     p.add_argument("--device", choices=("cuda", "mps", "cpu"), default="cuda", help="the device to plan for (default cuda)")
+    p.add_argument("--here", action="store_true", help="plan as a run here would: this machine's device and free memory "
+                   "(what the host tabs show before Train; --device and --vram are ignored)")
     p.add_argument("--json", action="store_true", help="one JSON object: parts, total_bytes, settings, fits")
     p.set_defaults(func=run)

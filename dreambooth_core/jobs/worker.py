@@ -70,6 +70,28 @@ def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def plan_in_worker(config: TrainConfig, python: str = sys.executable, timeout: float = 300) -> str:
+    """The run's memory plan as the worker Python computes it (`dreambooth-core plan --here`):
+    a host's own Python may lack the libraries that build the model tree, and the worker's
+    device is the one the run will use."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dreambooth-plan-") as tmp:
+        file = Path(tmp) / "config.json"
+        file.write_text(config_payload(config), encoding="utf-8")
+        try:
+            done = subprocess.run([python, "-m", "dreambooth_core", "plan", str(file), "--here"], capture_output=True,
+                                  text=True, env=worker_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UserError(f"the memory plan could not be made with {python} ({exc}); {SETTINGS_HINT}") from None
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if line.strip()]
+        raise UserError((said[-1].removeprefix("error: ") if said else f"the worker ({python}) could not plan this run")
+                        if done.returncode == 1 else f"the worker ({python}) could not plan this run: "
+                        f"{said[-1] if said else 'no output'}; {SETTINGS_HINT}")
+    return done.stdout.strip()
+
+
 def parse_event_line(line: str) -> Event | None:
     """The event on a worker's stdout line, or None for anything that is not one."""
     if not line.startswith("{"):

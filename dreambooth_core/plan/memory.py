@@ -60,6 +60,17 @@ class MemoryPlan:
             lines.append("  chosen by memory=auto: " + "; ".join(self.choices))
         return "\n".join(lines)
 
+    @staticmethod
+    def summary_of(described: str) -> str | None:
+        """One line of a `describe()` text (a host's status line shows it): the run, its total
+        and the card sizes it fits; None for any other text."""
+        lines = described.splitlines()
+        if not lines or not lines[0].startswith("memory plan for "):
+            return None
+        total = next((l.split()[-2] for l in lines if l.strip().startswith("total")), "?")
+        fits = next((l.strip().removeprefix("fits: ") for l in lines if l.strip().startswith("fits:")), "")
+        return f"{lines[0].rstrip(':')}: {total} GiB planned; fits {fits}"
+
     def write(self, path: Path) -> None:
         from ..fileio import write_text_atomic
 

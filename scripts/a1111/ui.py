@@ -65,14 +65,15 @@ def start(*values: Any, resume: bool = False) -> tuple:
 
 
 def plan(*values: Any) -> str:
-    """The memory plan of the form's run on this machine (no weights are loaded), before Train."""
-    from dreambooth_core.plan.auto import plan_for_run
+    """The memory plan of the form's run on this machine (no weights are loaded), before Train;
+    made by the worker Python, which has the libraries and the device the run will use."""
+    from dreambooth_core.jobs.worker import plan_in_worker
 
     try:
-        _, memory_plan = plan_for_run(form.build_config(form.Form.from_args(values), check_folder=False))
+        text = plan_in_worker(form.build_config(form.Form.from_args(values), check_folder=False), host.worker_python())
     except UserError as exc:
         return render.message_html(str(exc))
-    return render.plan_html(memory_plan.describe())
+    return render.plan_html(text)
 
 
 def train(*values: Any) -> tuple:
