@@ -68,6 +68,7 @@ def simulate_step(config: "TrainConfig", family: "Family", configs: dict[str, An
         if config.gradient_checkpointing:
             method.enable_gradient_checkpointing()
         method.train(True)
+        _no_module_dropout_draw(model)
         keep = on_device(config, method)
         modules = [model.unet] + ([model.vae] if keep["vae"] else []) + (list(model.text_encoders) if keep["text_encoders"] else [])
         params = method.parameters()
@@ -96,6 +97,18 @@ def simulate_step(config: "TrainConfig", family: "Family", configs: dict[str, An
         gradients = trainable  # fp32 gradients of fp32 trained weights
         packed = packing_cost(model.unet) if device_type == "cpu" and config.pack_frozen_convolutions else 0
     return StepBytes(frozen, trainable, gradients, state, max(0, live.peak - gradients), packed)
+
+
+def _no_module_dropout_draw(model) -> None:
+    """peft's LyCORIS layers (LoHa, LoKr) draw `torch.rand(1) > module_dropout` in training
+    mode, a value a fake tensor cannot have; in eval mode they add the same delta with the
+    same memory, so the plan runs them so."""
+    from peft.tuners.lycoris_utils import LycorisLayer
+
+    for part in (model.unet, *model.text_encoders):
+        for module in part.modules():
+            if isinstance(module, LycorisLayer):
+                module.training = False
 
 
 @contextlib.contextmanager
