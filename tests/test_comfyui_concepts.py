@@ -144,3 +144,29 @@ def test_a_chain_trains_both_concepts_with_their_repeats(comfy):
     assert json.loads(meta["ss_dataset_dirs"]) == {"person": {"n_repeats": 1, "img_count": 2},
                                                    "style": {"n_repeats": 3, "img_count": 1}}
     assert meta["ss_num_train_images"] == "5"
+
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def widget_names(host: Host, node_id: str) -> list[str]:
+    """The node's widgets in the order the frontend stores widgets_values: required, then optional inputs."""
+    info = host.nodes[node_id].GET_SCHEMA().get_v1_info(host.nodes[node_id])["input"]
+    return [name for group in ("required", "optional") for name, (kind, _) in info.get(group, {}).items()
+            if kind in WIDGET_TYPES or isinstance(kind, list)]
+
+
+@pytest.mark.parametrize("workflow", ["train_lora_and_sample", "textual_inversion", "dreambooth_prior_preservation"])
+def test_saved_workflows_keep_their_concept_values(comfy, workflow):
+    """The saved graphs store Concept's widget values by position: the new widgets come after them,
+    and the API-format Concept values still make a plain one-concept config."""
+    graph = json.loads((WORKFLOWS / f"{workflow}.json").read_text())
+    saved = next(n for n in graph["nodes"] if n["type"] == "DreamBoothConcept")
+    api = next(n for n in json.loads((WORKFLOWS / f"{workflow}.api.json").read_text()).values()
+               if n["class_type"] == "DreamBoothConcept")
+    names = widget_names(comfy, "DreamBoothConcept")
+    assert dict(zip(names, saved["widgets_values"])) == api["inputs"]
+    dataset = images(comfy, "my_subject", 2, 0)
+    config = lora_config(comfy, comfy.run("DreamBoothConcept", **api["inputs"])[0], dataset)
+    assert config.concepts == [] and config.instance_data_dir == dataset.folder and config.token == api["inputs"]["token"]
