@@ -183,6 +183,8 @@ def build_tab():
                         with gr.Row():
                             for key in form.ADVANCED[row_start:row_start + 4]:
                                 c[key] = _advanced_control(gr, key, start_values[key])
+                    c[form.SETTINGS] = gr.Textbox(label=form.SETTINGS_LABEL, lines=6, placeholder=form.SETTINGS_PLACEHOLDER,
+                                                  elem_id="dbc_settings_toml")
                 with gr.Row():
                     train_button = gr.Button("Train", variant="primary", elem_id="dbc_train")
                     cancel_button = gr.Button("Cancel", variant="stop", elem_id=CANCEL_ID)
