@@ -87,3 +87,68 @@ def test_a_shared_webui_confines_every_path_in_the_box(webui, tmp_path):
     # the operator's setting opens other folders, for the box as for the field
     webui.shared.opts.set("dreambooth_core_any_folder", True)
     assert config_of(webui, images_dir="", settings_toml=two_concepts(inside, outside)).concepts[1]["image_dir"] == str(outside)
+
+
+# ---- the concepts table ------------------------------------------------------------------------------
+
+def test_the_concepts_table_is_a_common_subset_dataframe_that_starts_empty(webui):
+    table = webui.tab.find("dbc_concepts")
+    assert table.parent.elem_id == "dbc_advanced" and table.kwargs["type"] == "array"
+    assert table.kwargs["headers"] == ["image folder", "token", "class noun", "repeats", "prior loss weight"]
+    assert config_of(webui, concepts_table=[["", "", "", None, None]]).concepts == []   # a blank row is no concept
+
+
+def test_table_rows_become_concepts(webui, tmp_path):
+    style = subject_images(tmp_path / "style", 3)
+    rows = [[str(webui.images), "zwx", "dog", 3, 0.5], ["", "", "", "", ""], [f" {style} ", "qwv", "painting", 1.0, float("nan")]]
+    config = config_of(webui, images_dir="", concepts_table=rows)
+    assert config.concepts == [dict(image_dir=str(webui.images), token="zwx", class_noun="dog", repeats=3, prior_loss_weight=0.5),
+                               dict(image_dir=str(style), token="qwv", class_noun="painting", repeats=1)]
+    # with the TOML box's run-wide keys, and through the Train button
+    config = config_of(webui, images_dir="", concepts_table=rows, settings_toml="shuffle_caption = true")
+    assert config.shuffle_caption and len(config.concepts) == 2
+    status, _ = press(webui, "dbc_train", images_dir="", concepts_table=rows)
+    assert "dbc-error" not in status, status
+    assert wait_done(webui)["status"] == "completed"
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([["", "zwx", "dog", 1, 1.0]], "row 1: give the folder"),
+    ([["PHOTOS", "zwx", "dog", 1.5, 1.0]], "row 1: repeats must be a whole number (got 1.5)"),
+    ([["PHOTOS", "zwx", "dog", "many", 1.0]], "repeats must be a whole number (got 'many')"),
+    ([["PHOTOS", "zwx", "dog", 0, 1.0]], "repeats must be 1 or more"),
+    ([["PHOTOS/missing", "zwx", "dog", 1, 1.0]], "image_dir is not a folder"),
+])
+def test_bad_table_rows_are_one_sentence(webui, rows, message):
+    rows = [[str(webui.images) + cell[6:] if cell.startswith("PHOTOS") else cell, *rest] for cell, *rest in rows]
+    status, _ = press(webui, "dbc_train", images_dir="", concepts_table=rows)
+    assert "dbc-error" in status and message in status.replace("&#x27;", "'"), status
+    status, _ = press(webui, "dbc_train", concepts_table=[[str(webui.images), "zwx", "dog", 1, 1.0]],
+                      settings_toml=f"[[concepts]]\nimage_dir = '{webui.images}'")
+    assert "both in the concepts table and as [[concepts]]" in status
+    assert webui.session.manager.list() == []
+
+
+def test_a_shared_webui_confines_the_tables_folders(webui, tmp_path):
+    from dreambooth_core.paths import OutsideRoots
+
+    inside = subject_images(webui.adapter.host.data_path() / "inputs" / "dog")
+    outside = subject_images(tmp_path / "private")
+    webui.shared.cmd_opts.webui_is_non_local = True
+    with pytest.raises(OutsideRoots, match="concepts table, row 2, image folder"):
+        config_of(webui, images_dir="", concepts_table=[[str(inside), "zwx", "dog", 1, 1.0], [str(outside), "qwv", "cat", 1, 1.0]])
+    assert config_of(webui, images_dir="", concepts_table=[["inputs/dog", "zwx", "dog", 2, 1.0]]).concepts[0]["image_dir"] == str(inside)
+
+
+def test_the_fake_dataframe_refuses_what_only_one_gradio_version_accepts():
+    from a1111_fake import fake_webui
+
+    with fake_webui.installed():
+        import gradio as gr
+
+        for only_one in (dict(type="polars"), dict(datatype=["str", "html"])):
+            with pytest.raises(ValueError):
+                gr.Dataframe(**only_one)
+        for only_one in (dict(line_breaks=True), dict(max_rows=5), dict(container=False)):
+            with pytest.raises(TypeError, match="not accepted by both"):
+                gr.Dataframe(**only_one)

@@ -53,13 +53,17 @@ SETTINGS_LABEL = "More settings (TOML: any config key; [[concepts]] tables for s
 SETTINGS_PLACEHOLDER = ("validation_steps = 100\ncaption_extension = \".caption\"\n\n[[concepts]]\nimage_dir = \"/photos/dog\"\n"
                         "token = \"zwx\"\nclass_noun = \"dog\"\nrepeats = 2\n\n[[concepts]]\nimage_dir = \"/photos/style\"\n"
                         "token = \"qwv\"\nclass_noun = \"painting\"")
+# The concepts table: its columns (header, concept key, datatype); a row is one concept.
+CONCEPTS = "concepts_table"
+CONCEPT_COLUMNS = (("image folder", "image_dir", "str"), ("token", "token", "str"), ("class noun", "class_noun", "str"),
+                   ("repeats", "repeats", "number"), ("prior loss weight", "prior_loss_weight", "number"))
 # Config keys the form's own controls set (the box would bypass their checks), and which control.
 FORM_OWNED = {"method": "Method", "base_model": "Base checkpoint", "output_dir": "the WebUI's runs folder (Settings)",
               "output_name": "Output name", "overwrite": "Overwrite", "resume_from": "the Resume button"}
 
 # Every input of the Train/Resume handlers, in the order they are passed.
 FORM_KEYS = ("checkpoint", "method", "images_dir", "uploads", "token", "class_noun", "instance_prompt", "class_prompt",
-             "prior", "num_class_images", "preset", "output_name", "overwrite", *ADVANCED, SETTINGS)
+             "prior", "num_class_images", "preset", "output_name", "overwrite", *ADVANCED, SETTINGS, CONCEPTS)
 
 _HINTS = typing.get_type_hints(TrainConfig)
 
@@ -172,6 +176,36 @@ def settings_overrides(text: str) -> dict[str, Any]:
     return data
 
 
+def _blank(cell: Any) -> bool:
+    return cell is None or (isinstance(cell, str) and not cell.strip()) or cell != cell   # NaN from an empty number cell
+
+
+def table_concepts(table: Any) -> list[dict[str, Any]]:
+    """The concepts table's rows (gradio's type="array": a list of rows) as `concepts`; blank
+    rows are skipped, blank cells left to the run's own value, folders through the field's gate."""
+    rows = table.get("data", []) if isinstance(table, dict) else (table or [])
+    concepts = []
+    for n, row in enumerate(rows, start=1):
+        cells = {key: cell for (_, key, _), cell in zip(CONCEPT_COLUMNS, row) if not _blank(cell)}
+        if not cells:
+            continue
+        if "image_dir" not in cells:
+            raise UserError(f"concepts table, row {n}: give the folder of this concept's images")
+        cells["image_dir"] = str(typed_path(cells["image_dir"], f"concepts table, row {n}, image folder"))
+        for key in ("repeats", "prior_loss_weight"):
+            if key in cells:
+                try:
+                    number = float(cells[key])
+                except (TypeError, ValueError):
+                    number = float("nan")
+                if number != number or (key == "repeats" and not number.is_integer()):
+                    raise UserError(f"concepts table, row {n}: {key.replace('_', ' ')} must be a "
+                                    f"{'whole ' if key == 'repeats' else ''}number (got {cells[key]!r})")
+                cells[key] = int(number) if key == "repeats" else number
+        concepts.append({key: value.strip() if isinstance(value, str) else value for key, value in cells.items()})
+    return concepts
+
+
 def instance_images(form: Form, runs: Path) -> Path:
     """The folder of the subject's images: uploads are copied into `runs/datasets/<name>/`
     (replacing an earlier upload of that name), else the folder typed in must hold images."""
@@ -227,6 +261,11 @@ def build_config(form: Form, resume: bool = False) -> TrainConfig:
         output_dir=str(runs),
     )
     settings = settings_overrides(form.text(SETTINGS))
+    table = table_concepts(v.get(CONCEPTS))
+    if table and "concepts" in settings:
+        raise UserError("concepts are given both in the concepts table and as [[concepts]] in More settings: use one")
+    if table:
+        settings["concepts"] = table
     overrides.update(settings)
     if not overrides["token"]:
         raise UserError("type a token: a rare word such as 'zwx' that will stand for your subject")
