@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_a1111_tab import event, form_values, press, subject_images, wait_done, webui  # noqa: F401  (fixture)
+from test_a1111_tab import form_values, press, subject_images, wait_done, webui  # noqa: F401  (fixture)
 
 
 def config_of(w, **changes):

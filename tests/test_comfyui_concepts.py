@@ -5,7 +5,6 @@ concept folder passes ComfyUI's path gate."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +14,8 @@ from PIL import Image
 from comfy_fake.harness import Host
 from dreambooth_core.config import load_config
 from dreambooth_core.errors import UserError
+from test_comfyui_training import TINY, comfy, tiny_checkpoint  # noqa: F401  (fixtures)
 
-TINY = "tiny-sd1.safetensors"
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from dreambooth_core.models.loading import save_single_file
-    from dreambooth_core.models.tiny import tiny_base_model
-
-    path = tmp_path_factory.mktemp("models") / TINY
-    save_single_file(tiny_base_model("sd1"), path, dtype="fp32")
-    return path
-
-
-@pytest.fixture
-def comfy(tmp_path, tiny_checkpoint, monkeypatch):
-    monkeypatch.setenv("DREAMBOOTH_CORE_RUN_MODE", "in_process")
-    host = Host(tmp_path / "ComfyUI")
-    os.link(tiny_checkpoint, host.folder("checkpoints") / TINY)
-    yield host
-    host.close()
 
 
 def images(host: Host, name: str, count: int, seed: int):
