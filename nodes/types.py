@@ -98,8 +98,11 @@ def concept_settings(concept: Concept, dataset: TrainingImages | None) -> dict[s
     first = chain[0].config_values()
     values = {key: first[key] for key in ("token", "class_noun", "instance_prompt", "class_prompt",
                                           "with_prior_preservation", "num_class_images", "prior_loss_weight") if key in first}
+    if dataset is not None and all(c.images for c in chain):
+        raise UserError("every chained Concept has its own images, so the Train node's dataset would be left out: "
+                        "disconnect it, or connect it to a Concept's images input")
     values["concepts"] = [c.concept_entry(dataset) for c in chain]
-    values["instance_data_dir"] = dataset.folder if dataset else ""
+    values["instance_data_dir"] = ""
     return values
 
 

@@ -84,6 +84,9 @@ def test_chain_mistakes_are_clear_errors(comfy):
     with pytest.raises(UserError, match="differ in prior preservation"):
         lora_config(comfy, concept(comfy, "qwv", "dog", images=person, prior_preservation=True, num_class_images=2,
                                    previous=concept(comfy, "zwx", "man", images=person)))
+    with pytest.raises(UserError, match="dataset would be left out"):
+        lora_config(comfy, concept(comfy, "qwv", "dog", images=person, previous=concept(comfy, "zwx", "man", images=person)),
+                    person)
     with pytest.raises(UserError, match="connect Load Training Images"):
         lora_config(comfy, concept(comfy, "zwx", "man"))
     with pytest.raises(UserError, match="concepts cannot be set here"):
@@ -150,3 +153,4 @@ def test_saved_workflows_keep_their_concept_values(comfy, workflow):
     dataset = images(comfy, "my_subject", 2, 0)
     config = lora_config(comfy, comfy.run("DreamBoothConcept", **api["inputs"])[0], dataset)
     assert config.concepts == [] and config.instance_data_dir == dataset.folder and config.token == api["inputs"]["token"]
+
