@@ -4,6 +4,8 @@ sentence; every path in it (concept folders, a dataset TOML and the folders it n
 the same gate as the image folder field."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from test_a1111_tab import form_values, press, subject_images, wait_done, webui  # noqa: F401  (fixture)
@@ -152,3 +154,12 @@ def test_the_fake_dataframe_refuses_what_only_one_gradio_version_accepts():
         for only_one in (dict(line_breaks=True), dict(max_rows=5), dict(container=False)):
             with pytest.raises(TypeError, match="not accepted by both"):
                 gr.Dataframe(**only_one)
+
+
+def test_a_webui_python_without_a_toml_reader_says_what_to_install(webui, monkeypatch):
+    """The WebUI's own Python 3.10 may lack tomli (nothing is installed into it): one clear sentence."""
+    monkeypatch.setitem(sys.modules, "tomllib", None)
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    status, _ = press(webui, "dbc_train", settings_toml="validation_steps = 3")
+    assert "needs the tomli package" in status and webui.session.manager.list() == []
+    assert "dbc-error" not in press(webui, "dbc_train")[0]   # an empty box needs no TOML reader

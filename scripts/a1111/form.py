@@ -156,6 +156,8 @@ def typed_path(text: object, what: str) -> Path:
 def settings_overrides(text: str) -> dict[str, Any]:
     """The TOML box's settings: known keys only, none that a form control owns, and every
     path (concept folders included) through the same gate as the image folder field."""
+    if not text:
+        return {}
     try:
         data = toml_loads(text)
     except ValueError as exc:   # tomllib.TOMLDecodeError
