@@ -57,7 +57,7 @@ def test_any_key_and_concept_tables_reach_the_config(webui, tmp_path):
     ("[[concepts]]\ntoken = 'zwx'", "image_dir is not set"),
 ])
 def test_bad_settings_are_one_sentence_and_start_nothing(webui, text, message):
-    status, _ = press(webui, "dbc_train", settings_toml=text)
+    status, _ = press(webui, "dbc_train", settings_toml=text, images_dir="" if "concepts" in text else str(webui.images))
     assert "dbc-error" in status and message in status.replace("&#x27;", "'"), status
     assert webui.session.manager.list() == []
 
@@ -128,6 +128,9 @@ def test_bad_table_rows_are_one_sentence(webui, rows, message):
     status, _ = press(webui, "dbc_train", concepts_table=[[str(webui.images), "zwx", "dog", 1, 1.0]],
                       settings_toml=f"[[concepts]]\nimage_dir = '{webui.images}'")
     assert "both in the concepts table and as [[concepts]]" in status
+    # the folder field would be left out by the table: said, not ignored
+    status, _ = press(webui, "dbc_train", concepts_table=[[str(webui.images), "zwx", "dog", 1, 1.0]])
+    assert "the instance images would be left out" in status
     assert webui.session.manager.list() == []
 
 

@@ -271,8 +271,11 @@ def build_config(form: Form, resume: bool = False) -> TrainConfig:
     overrides.update(settings)
     if not overrides["token"]:
         raise UserError("type a token: a rare word such as 'zwx' that will stand for your subject")
-    typed_images = form.text("images_dir") or v.get("uploads")
-    if "instance_data_dir" not in settings and (typed_images or not (settings.get("concepts") or settings.get("dataset_config"))):
+    named = "concepts" if settings.get("concepts") else "dataset_config" if settings.get("dataset_config") else ""
+    if named and (form.text("images_dir") or v.get("uploads")):
+        raise UserError(f"the {named} in Advanced name the images, so the instance images would be left out: "
+                        "clear the folder field (or the uploads), or add that folder as a concept")
+    if not named and "instance_data_dir" not in settings:
         overrides["instance_data_dir"] = str(instance_images(form, runs))
     if resume:
         overrides["resume_from"] = "latest"
