@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -415,6 +416,19 @@ def config_from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> T
     return TrainConfig(**values)
 
 
+def toml_loads(text: str) -> dict[str, Any]:
+    """TOML text as a dict (tomllib, or tomli on Python 3.10); raises the parser's error (a ValueError)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:   # a host's Python without our requirements (the WebUI's own)
+            raise ConfigError(f"reading TOML on Python {sys.version_info[0]}.{sys.version_info[1]} needs the tomli "
+                              "package: install it into this Python (pip install tomli)") from None
+    return tomllib.loads(text)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """TOML, JSON or YAML by suffix; a top-level [train] table is accepted too."""
     p = Path(path)
@@ -423,11 +437,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            data = tomllib.loads(text)
+            data = toml_loads(text)
         elif p.suffix == ".json":
             data = json.loads(text)
         elif p.suffix in (".yaml", ".yml"):

@@ -21,7 +21,7 @@ from dreambooth_core.reruns import source_signature
 from . import host
 from .images import load_images
 from .runner import Trained, train
-from .types import Concept, ConceptType, DatasetType, TrainingImages
+from .types import Concept, ConceptType, DatasetType, TrainingImages, concept_settings, source_signatures
 
 CATEGORY = "DreamBooth"
 MAX_SEED = 2**31 - 1
@@ -78,8 +78,9 @@ class TrainNode(io.ComfyNode):
         inputs = [
             io.Combo.Input("checkpoint", options=host.checkpoint_names(),
                            tooltip="Base model to train on (ComfyUI's checkpoints list)"),
-            DatasetType.Input("dataset", tooltip="From Load Training Images"),
-            ConceptType.Input("concept", tooltip="From Concept"),
+            DatasetType.Input("dataset", optional=True,
+                              tooltip="From Load Training Images (needed unless every chained Concept has its own images)"),
+            ConceptType.Input("concept", tooltip="From Concept (or the last of a chain of Concepts)"),
             io.Combo.Input("preset", options=cls.presets(), default=cls.presets()[0],
                            tooltip="Defaults from the literature; the inputs below override them"),
             io.Int.Input("steps", default=0, min=0, max=200000, tooltip="Training steps; 0: the preset's"),
@@ -123,14 +124,13 @@ class TrainNode(io.ComfyNode):
         return {}
 
     @classmethod
-    def build_config(cls, checkpoint: str, dataset: TrainingImages, concept: Concept, preset: str, steps: int,
+    def build_config(cls, checkpoint: str, dataset: TrainingImages | None, concept: Concept, preset: str, steps: int,
                      learning_rate: float, resolution: int, seed: int, options: str, **method: Any) -> TrainConfig:
         values: dict[str, Any] = {
             "method": cls.METHOD,
             "base_model": str(host.model_path("checkpoints", checkpoint)),
-            "instance_data_dir": dataset.folder,
             "seed": seed,
-            **concept.config_values(),
+            **concept_settings(concept, dataset),
             **cls.method_values(**method),
         }
         if steps > 0:
@@ -152,12 +152,11 @@ class TrainNode(io.ComfyNode):
         return config
 
     @classmethod
-    def execute(cls, checkpoint: str, dataset: TrainingImages, concept: Concept, preset: str, steps: int,
-                learning_rate: float, resolution: int, seed: int, resume: bool, options: str, **method: Any) -> io.NodeOutput:
+    def execute(cls, checkpoint: str, concept: Concept, preset: str, steps: int, learning_rate: float, resolution: int,
+                seed: int, resume: bool, options: str, dataset: TrainingImages | None = None, **method: Any) -> io.NodeOutput:
         graph = {k: method.pop(k) for k in ("model", "clip", "strength") if k in method}
         config = cls.build_config(checkpoint, dataset, concept, preset, steps, learning_rate, resolution, seed, options, **method)
-        sources = {"base_model": source_signature(config.base_model), "images": dataset.signature,
-                   "class_images": concept.class_images.signature if concept.class_images else ""}
+        sources = {"base_model": source_signature(config.base_model), **source_signatures(concept, dataset)}
         trained = train(config, method_kind(cls.METHOD), sources, cls.hidden.unique_id if cls.hidden else None, resume)
         plot = [p for p in [trained.run.loss_plot] if p and Path(p).is_file()]
         sample_files = [p for p in trained.run.samples if Path(p).is_file()]

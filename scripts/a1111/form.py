@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dreambooth_core.config import (LR_SCHEDULERS, MEMORY_KEYS, MIXED_PRECISION, NETWORKS, OPTIMIZERS, PRESETS,
-                                    TrainConfig, check_client_limits, config_from_dict, load_config)
+from dreambooth_core.config import (CONCEPT_PATH_KEYS, FIELDS, LR_SCHEDULERS, MEMORY_KEYS, MIXED_PRECISION, NETWORKS,
+                                    OPTIMIZERS, PATH_KEYS, PRESETS, TrainConfig, check_client_limits, client_paths,
+                                    config_from_dict, load_config, toml_loads, unknown_key)
 from dreambooth_core.data.images import IMAGE_SUFFIXES
-from dreambooth_core.errors import OutputExistsError, UserError
+from dreambooth_core.errors import ConfigError, OutputExistsError, UserError
 from dreambooth_core.paths import MARKER, contained, real_path, remove_owned_folder, safe_name
 from dreambooth_core.train.run_dir import RunDir
 
@@ -46,9 +47,23 @@ LABELS = {"network": "network type (LoRA methods)", "resolution": "resolution (0
           "keep_tokens": "tags kept first when shuffling", "max_token_length": "longest prompt in tokens (75, 150, 225)",
           "masked_loss_floor": "loss outside a photo's mask (name.mask.png)"}
 
+# The Advanced section's TOML box: any config key, and [[concepts]] tables.
+SETTINGS = "settings_toml"
+SETTINGS_LABEL = "More settings (TOML: any config key; [[concepts]] tables for several subjects)"
+SETTINGS_PLACEHOLDER = ("validation_steps = 100\ncaption_extension = \".caption\"\n\n[[concepts]]\nimage_dir = \"/photos/dog\"\n"
+                        "token = \"zwx\"\nclass_noun = \"dog\"\nrepeats = 2\n\n[[concepts]]\nimage_dir = \"/photos/style\"\n"
+                        "token = \"qwv\"\nclass_noun = \"painting\"")
+# The concepts table: its columns (header, concept key, datatype); a row is one concept.
+CONCEPTS = "concepts_table"
+CONCEPT_COLUMNS = (("image folder", "image_dir", "str"), ("token", "token", "str"), ("class noun", "class_noun", "str"),
+                   ("repeats", "repeats", "number"), ("prior loss weight", "prior_loss_weight", "number"))
+# Config keys the form's own controls set (the box would bypass their checks), and which control.
+FORM_OWNED = {"method": "Method", "base_model": "Base checkpoint", "output_dir": "the WebUI's runs folder (Settings)",
+              "output_name": "Output name", "overwrite": "Overwrite", "resume_from": "the Resume button"}
+
 # Every input of the Train/Resume handlers, in the order they are passed.
 FORM_KEYS = ("checkpoint", "method", "images_dir", "uploads", "token", "class_noun", "instance_prompt", "class_prompt",
-             "prior", "num_class_images", "preset", "output_name", "overwrite", *ADVANCED)
+             "prior", "num_class_images", "preset", "output_name", "overwrite", *ADVANCED, SETTINGS, CONCEPTS)
 
 _HINTS = typing.get_type_hints(TrainConfig)
 
@@ -130,6 +145,69 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def typed_path(text: object, what: str) -> Path:
+    """A path typed into the tab, resolved; confined to the WebUI's folders while others can
+    reach this WebUI (anyone on the network can type here), unless the operator allowed any folder."""
+    if host.non_local() and not host.any_folder():
+        return contained(text, what, host.allowed_roots(), base=host.data_path(), setting_hint=host.SETTING_HINT)
+    return real_path(text, what)
+
+
+def settings_overrides(text: str) -> dict[str, Any]:
+    """The TOML box's settings: known keys only, none that a form control owns, and every
+    path (concept folders included) through the same gate as the image folder field."""
+    if not text:
+        return {}
+    try:
+        data = toml_loads(text)
+    except ValueError as exc:   # tomllib.TOMLDecodeError
+        raise ConfigError(f"More settings: not valid TOML: {exc}") from None
+    for key in data:
+        if key in FORM_OWNED:
+            raise ConfigError(f"More settings: {key} is set by {FORM_OWNED[key]}, not here")
+        if key not in FIELDS:
+            raise unknown_key(key)
+    for key in PATH_KEYS:
+        if data.get(key):
+            data[key] = str(typed_path(data[key], key))
+    concepts = data.get("concepts")
+    for i, concept in enumerate(concepts if isinstance(concepts, list) else []):
+        for key in CONCEPT_PATH_KEYS:
+            if isinstance(concept, dict) and concept.get(key):
+                concept[key] = str(typed_path(concept[key], f"concepts[{i}].{key}"))
+    return data
+
+
+def _blank(cell: Any) -> bool:
+    return cell is None or (isinstance(cell, str) and not cell.strip()) or cell != cell   # NaN from an empty number cell
+
+
+def table_concepts(table: Any) -> list[dict[str, Any]]:
+    """The concepts table's rows (gradio's type="array": a list of rows) as `concepts`; blank
+    rows are skipped, blank cells left to the run's own value, folders through the field's gate."""
+    rows = table.get("data", []) if isinstance(table, dict) else (table or [])
+    concepts = []
+    for n, row in enumerate(rows, start=1):
+        cells = {key: cell for (_, key, _), cell in zip(CONCEPT_COLUMNS, row) if not _blank(cell)}
+        if not cells:
+            continue
+        if "image_dir" not in cells:
+            raise UserError(f"concepts table, row {n}: give the folder of this concept's images")
+        cells["image_dir"] = str(typed_path(cells["image_dir"], f"concepts table, row {n}, image folder"))
+        for key in ("repeats", "prior_loss_weight"):
+            if key in cells:
+                try:
+                    number = float(cells[key])
+                except (TypeError, ValueError):
+                    number = float("nan")
+                if number != number or (key == "repeats" and not number.is_integer()):
+                    raise UserError(f"concepts table, row {n}: {key.replace('_', ' ')} must be a "
+                                    f"{'whole ' if key == 'repeats' else ''}number (got {cells[key]!r})")
+                cells[key] = int(number) if key == "repeats" else number
+        concepts.append({key: value.strip() if isinstance(value, str) else value for key, value in cells.items()})
+    return concepts
+
+
 def instance_images(form: Form, runs: Path) -> Path:
     """The folder of the subject's images: uploads are copied into `runs/datasets/<name>/`
     (replacing an earlier upload of that name), else the folder typed in must hold images."""
@@ -153,10 +231,7 @@ def instance_images(form: Form, runs: Path) -> Path:
     typed = form.text("images_dir")
     if not typed:
         raise UserError("give the folder with your subject's photos, or upload them")
-    if host.non_local() and not host.any_folder():   # anyone on the network can type here
-        folder = contained(typed, "image folder", host.allowed_roots(), base=host.data_path(), setting_hint=host.SETTING_HINT)
-    else:
-        folder = real_path(typed, "image folder")
+    folder = typed_path(typed, "image folder")
     if not folder.is_dir():
         raise UserError(f"the image folder {folder} does not exist")
     if not image_files(folder):
@@ -190,12 +265,26 @@ def build_config(form: Form, resume: bool = False, check_folder: bool = True) ->
         overwrite=bool(v.get("overwrite")),
         output_dir=str(runs),
     )
+    settings = settings_overrides(form.text(SETTINGS))
+    table = table_concepts(v.get(CONCEPTS))
+    if table and "concepts" in settings:
+        raise UserError("concepts are given both in the concepts table and as [[concepts]] in More settings: use one")
+    if table:
+        settings["concepts"] = table
+    overrides.update(settings)
     if not overrides["token"]:
         raise UserError("type a token: a rare word such as 'zwx' that will stand for your subject")
-    overrides["instance_data_dir"] = str(instance_images(form, runs))
+    named = "concepts" if settings.get("concepts") else "dataset_config" if settings.get("dataset_config") else ""
+    if named and (form.text("images_dir") or v.get("uploads")):
+        raise UserError(f"the {named} in Advanced name the images, so the instance images would be left out: "
+                        "clear the folder field (or the uploads), or add that folder as a concept")
+    if not named and "instance_data_dir" not in settings:
+        overrides["instance_data_dir"] = str(instance_images(form, runs))
     if resume:
         overrides["resume_from"] = "latest"
     config = check_client_limits(load_config(preset=preset, overrides=overrides))
+    for what, value in client_paths(config):   # also the folders a dataset TOML names
+        typed_path(value, what)
     if check_folder:
         check_run_folder(config, resume)
     return config

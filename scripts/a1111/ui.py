@@ -2,8 +2,8 @@
 
 Only the gradio subset that both gradio 3.41 (A1111) and 4.x (Forge) accept is used:
 Blocks/Row/Column/Accordion, Textbox/Dropdown/Radio/Checkbox/Number/File/Button/HTML/
-Gallery/State, `.click/.change` with fn/inputs/outputs/queue/show_progress, and
-`gr.update`. Live updates need no gradio timer: javascript/dreambooth_core.js clicks the
+Gallery/State/Dataframe (type="array": rows as lists in both), `.click/.change` with
+fn/inputs/outputs/queue/show_progress, and `gr.update`. Live updates need no gradio timer: javascript/dreambooth_core.js clicks the
 hidden "poll" button while a run is active and the tab is visible; each click is one
 short request that returns the run's state.
 
@@ -195,6 +195,14 @@ def build_tab():
                         with gr.Row():
                             for key in form.ADVANCED[row_start:row_start + 4]:
                                 c[key] = _advanced_control(gr, key, start_values[key])
+                    c[form.SETTINGS] = gr.Textbox(label=form.SETTINGS_LABEL, lines=6, placeholder=form.SETTINGS_PLACEHOLDER,
+                                                  elem_id="dbc_settings_toml")
+                    c[form.CONCEPTS] = gr.Dataframe(
+                        label="Concepts (several subjects or styles in one run; empty: the fields above are the one concept)",
+                        headers=[header for header, _, _ in form.CONCEPT_COLUMNS],
+                        datatype=[kind for _, _, kind in form.CONCEPT_COLUMNS],
+                        col_count=(len(form.CONCEPT_COLUMNS), "fixed"), row_count=(1, "dynamic"), type="array",
+                        interactive=True, elem_id="dbc_concepts")
                 with gr.Row():
                     train_button = gr.Button("Train", variant="primary", elem_id="dbc_train")
                     cancel_button = gr.Button("Cancel", variant="stop", elem_id=CANCEL_ID)

@@ -202,6 +202,23 @@ class HTML(_Control):
     fires = ("change",)
 
 
+class Dataframe(_Control):
+    # 3.41 also has max_rows/max_cols/overflow_row_behaviour, 4.x render/key/line_breaks/column_widths/inputs;
+    # "container" is in neither
+    accepts = ("headers", "row_count", "col_count", "datatype", "type", "latex_delimiters", "label", "every",
+               "show_label", "height", "scale", "min_width", "interactive", *_PLACEMENT, "wrap")
+    limits = {"type": ("pandas", "numpy", "array")}   # 4.x adds "polars"
+    datatypes = ("str", "number", "bool", "date", "markdown")   # 4.x adds "html"
+    fires = ("change", "input", "select")
+
+    def __init__(self, *positional: Any, **keywords: Any) -> None:
+        super().__init__(*positional, **keywords)
+        given = keywords.get("datatype", "str")
+        stray = [d for d in ([given] if isinstance(given, str) else given) if d not in self.datatypes]
+        if stray:
+            raise ValueError(f"gr.Dataframe: datatype {stray} is not one both versions know; stay with {self.datatypes}")
+
+
 class State(_Control):
     pass
 
