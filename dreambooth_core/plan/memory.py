@@ -77,6 +77,10 @@ class MemoryPlan:
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
 
 
+class UnreadableWithoutLoading(UserError):
+    """A model file whose architecture only loading it would tell (a pickled .ckpt with no family given)."""
+
+
 def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tuple["Family", dict[str, Any]]:
     """(family, component configs) of the run's model, without loading any weights."""
     from ..families import get_family
@@ -103,7 +107,8 @@ def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tup
     if path.suffix.lower() != ".safetensors":
         fam = get_family(config.family) if config.family else None
         if fam is None:
-            raise UserError(f"{path.name}: only a .safetensors header can be read without loading; set family to plan for it")
+            raise UnreadableWithoutLoading(f"{path.name}: only a .safetensors header can be read without loading; "
+                                           "set family to plan for it")
         return fam, shipped_configs(fam)
     from ..fileio import read_safetensors_metadata, read_shapes
     from ..formats.checkpoint import normalized_key_names

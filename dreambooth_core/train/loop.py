@@ -258,6 +258,8 @@ class Trainer:
         if self.is_main and self.memory_plan is not None:
             self.memory_plan.write(rd.root / "memory_plan.json")
             self.info(self.memory_plan.describe())
+        if self._no_plan:
+            self.warn(self._no_plan)
         if cfg.resume_from == "latest" and resume is None:
             self.warn(f"no saved state in {rd.state}: starting from step 0")
         for problem in rd.skipped_states:
@@ -306,12 +308,16 @@ class Trainer:
     def _fit_memory(self, cfg: TrainConfig) -> TrainConfig:
         """memory="auto": the settings that fit the device (plan/auto.py), chosen and checked
         before the model loads; the plan is logged and written into the run folder once it exists."""
-        self.memory_plan = None
+        self.memory_plan, self._no_plan = None, ""
         if cfg.memory != "auto":
             return cfg
         from ..plan.auto import plan_for_run
+        from ..plan.memory import UnreadableWithoutLoading
 
-        cfg, self.memory_plan = plan_for_run(cfg, model=self.model)
+        try:
+            cfg, self.memory_plan = plan_for_run(cfg, model=self.model)
+        except UnreadableWithoutLoading as exc:   # said after Started, with the plan's place in the log
+            self._no_plan = f"no memory plan: {exc}; training with the settings as given"
         return cfg
 
     def _load_model(self) -> "BaseModel":
