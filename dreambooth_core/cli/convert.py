@@ -30,7 +30,7 @@ def stored_dtype(src: Path, unsafe_pickle: bool = False) -> str:
 
     from safetensors import safe_open
 
-    from ..fileio import load_state_dict
+    from ..fileio import load_state_dict, read_safetensors_metadata
 
     counts: collections.Counter[str] = collections.Counter()
 
@@ -41,6 +41,7 @@ def stored_dtype(src: Path, unsafe_pickle: bool = False) -> str:
     files = [src] if src.is_file() else sorted((src / "unet").glob("*.safetensors")) or sorted((src / "unet").glob("*.bin"))
     for f in files:
         if f.suffix == ".safetensors":
+            read_safetensors_metadata(f)  # a truncated or garbage file: the loader's FormatError
             with safe_open(str(f), framework="pt") as st:
                 for k in st.keys():
                     s = st.get_slice(k)

@@ -170,6 +170,10 @@ def _empty_components(family: Family, configs: dict[str, dict[str, Any]]) -> dic
 def _bundle(family: Family, modules: dict[str, Any], scheduler: dict[str, Any], tokenizers: list, **kw: Any) -> BaseModel:
     for m in modules.values():
         m.eval()
+    for tok, name in zip(tokenizers, family.text_encoders):
+        # A text encoder with fewer positions than CLIP's 77 (tiny and toy models) needs a
+        # tokenizer that stops there, or every prompt overflows it.
+        tok.model_max_length = min(tok.model_max_length, modules[name].config.max_position_embeddings)
     return BaseModel(
         family=family,
         unet=modules["unet"],
@@ -296,10 +300,13 @@ def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> Ba
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FormatError(f"{folder}: the {name} cannot be loaded ({first_line}); the folder may be incomplete or corrupt") from exc
     ours = FAMILY_INDEX_KEY in _json(folder / "model_index.json")
-    if ours or not all((folder / name).is_dir() for name in fam.tokenizers):
+    tokenizer_dirs = [folder / name for name in fam.tokenizers]
+    if not all(d.is_dir() for d in tokenizer_dirs):
+        tokenizers, tokenizer_dirs = family_tokenizers(fam), []
+    elif ours:
         tokenizers = family_tokenizers(fam)  # what our folders hold, built without parsing tokenizer.json
     else:
-        tokenizers = [CLIPTokenizer.from_pretrained(folder / name) for name in fam.tokenizers]
+        tokenizers = [CLIPTokenizer.from_pretrained(d) for d in tokenizer_dirs]
     sched_file = folder / "scheduler" / "scheduler_config.json"
     scheduler = _json(sched_file) if sched_file.exists() else shipped_configs(fam)["scheduler"]
     scheduler["prediction_type"] = fam.prediction_type
@@ -308,7 +315,8 @@ def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> Ba
     if (folder / EXTRAS_FILE).exists():
         with _open_tensors(folder / EXTRAS_FILE, False) as (shapes, metadata, get):
             extras = {k: get(k) for k in shapes}
-    return _bundle(fam, modules, scheduler, tokenizers, source=folder, name=folder.name, extras=extras, metadata=metadata)
+    return _bundle(fam, modules, scheduler, tokenizers, source=folder, name=folder.name, extras=extras, metadata=metadata,
+                   tokenizer_dirs=tokenizer_dirs)
 
 
 def load_base_model(
@@ -410,6 +418,17 @@ def _save_weights(state: dict[str, "torch.Tensor"], path: Path, dtype: "torch.dt
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
+def _write_tokenizers(model: BaseModel, dest: Path) -> None:
+    """The base's own tokenizer folders, copied unchanged where it came from a diffusers
+    folder that still has them; else the model's tokenizers."""
+    dirs = model.tokenizer_dirs
+    if len(dirs) == len(model.family.tokenizers) and all(d.is_dir() for d in dirs):
+        for name, d in zip(model.family.tokenizers, dirs):
+            shutil.copytree(d, dest / name)
+        return
+    write_tokenizer_folder(model.family, dest, model.tokenizers)
+
+
 def save_diffusers(model: BaseModel, folder: str | os.PathLike, dtype: "str | torch.dtype" = "fp16", overwrite: bool = False) -> Path:
     """Write `model` as a diffusers folder (safetensors weights in `dtype`), atomically.
 
@@ -430,13 +449,15 @@ def save_diffusers(model: BaseModel, folder: str | os.PathLike, dtype: "str | to
             (tmp / name).mkdir()
             config = copy.deepcopy(te.config)
             config.architectures = [type(te).__name__]
-            setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", td)
+            # The dtype a plain from_pretrained loads it in: fp32, as diffusers loads the UNet
+            # and VAE; the stored dtype here would mix fp16 text with fp32 UNet.
+            setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", torch_dtype("fp32"))
             config.save_pretrained(tmp / name)
             _save_weights(te.state_dict(), tmp / name / "model.safetensors", td)
-        write_tokenizer_folder(model.family, tmp)
+        _write_tokenizers(model, tmp)
         (tmp / "scheduler").mkdir()
         scheduler = {"_class_name": "DDPMScheduler", **model.scheduler_config}
-        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2), encoding="utf-8")
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         index = _json(model.family.config_dir / "model_index.json")
         index.update({
             "_diffusers_version": diffusers.__version__,
