@@ -411,3 +411,20 @@ def test_the_advanced_section_sets_buckets_tag_captions_and_long_prompts(webui):
     assert (config.max_token_length, config.clip_skip, config.masked_loss_floor) == (150, 2, 0.3)
     with pytest.raises(Exception, match="max_token_length must be one of 75, 150, 225"):
         form.build_config(form.Form.from_args(tuple(form_values(webui, max_token_length=100))))
+
+
+def test_step_saves_land_in_the_webui_list_when_asked(webui):
+    """Advanced → publish_step_saves: each checkpointing_steps save is listed as NAME-stepN
+    beside the result, so X/Y/Z plots can compare steps."""
+    press(webui, "dbc_train", max_train_steps=5, checkpointing_steps=2, publish_step_saves=True)
+    view = wait_done(webui)
+    assert view["status"] == "completed", view["error"]
+    names = sorted(p.name for p in webui.folders["lora"].iterdir())
+    assert names == ["zwx_dog-step2.safetensors", "zwx_dog-step4.safetensors", "zwx_dog.safetensors"]
+    assert all(listed(webui, "lora", n) for n in ("zwx_dog", "zwx_dog-step2", "zwx_dog-step4"))
+    assert sorted(d["prompt_hint"] for d in view["delivered"]) == ["<lora:zwx_dog-step2:0.8>", "<lora:zwx_dog-step4:0.8>",
+                                                                   "<lora:zwx_dog:0.8>"]
+
+    press(webui, "dbc_train", output_name="quiet", max_train_steps=5, checkpointing_steps=2)
+    assert wait_done(webui)["status"] == "completed"
+    assert not any(p.name.startswith("quiet-step") for p in webui.folders["lora"].iterdir())
