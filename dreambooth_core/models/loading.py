@@ -14,6 +14,7 @@ import copy
 import hashlib
 import inspect
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
@@ -22,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, OutputExistsError, UserError
 from ..families import Family, get_family
-from ..formats.checkpoint import ldm_state_dict, load_ldm_state, normalized_key_names
+from ..formats.checkpoint import UNET_PREFIX, ldm_state_dict, load_ldm_state, normalized_key_names
 from ..fileio import (SafetensorsReader, check_output, clean_stale_temps, load_state_dict, require_file, save_safetensors,
                       temp_name, write_failure)
 from ..paths import PathRefused, is_owned, make_owned_folder
 from .base import BaseModel
 from .detect import FAMILY_INDEX_KEY, detect_diffusers_family, detect_family
+from .shapes import unet_config_from_shapes
 from .tokenizers import family_tokenizers, write_tokenizer_folder
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ EXTRAS_FILE = "ldm_extras.safetensors"
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "float": "float32"}
 _TEXT_CONFIG_NOISE = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
+log = logging.getLogger(__name__)
 STABILITY_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 
 
@@ -206,6 +209,20 @@ def _open_tensors(path: Path, unsafe_pickle: bool) -> Iterator[tuple[dict[str, t
         yield reader.shapes, dict(reader.metadata), reader.get
 
 
+def _configs_from_shapes(shapes: dict[str, tuple[int, ...]], family: Family, what: str) -> dict[str, dict[str, Any]]:
+    """The family's configs, with an SD1/SD2 UNet's structure read from the file (trimmed and
+    distilled models: fewer levels or res blocks, another transformer depth, no mid block)."""
+    configs = shipped_configs(family)
+    if family.is_sdxl:
+        return configs
+    unet = unet_config_from_shapes(shapes, configs["unet"], family, what)
+    if unet != configs["unet"]:
+        changed = {k: v for k, v in unet.items() if configs["unet"].get(k) != v}
+        log.info("%s: a UNet of non-standard structure, read from its tensors: %s", what, json.dumps(changed))
+    configs["unet"] = unet
+    return configs
+
+
 def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsafe_pickle: bool) -> BaseModel:
     with _open_tensors(path, unsafe_pickle) as (file_shapes, metadata, get_stored):
         names = normalized_key_names(file_shapes)
@@ -215,10 +232,14 @@ def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsaf
             return get_stored(names[key])
 
         fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=family, what=str(path))
-        configs = _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
+        configs = _configs_from_metadata(metadata, fam, str(path)) or _configs_from_shapes(shapes, fam, str(path))
         configs["scheduler"] = {**configs["scheduler"], "prediction_type": fam.prediction_type}
         modules = _empty_components(fam, configs)
         extras = load_ldm_state(modules, fam, shapes.keys(), get, component_dtypes(dtype, modules), source=str(path))
+    derived = configs["unet"] != shipped_configs(fam)["unet"]
+    unread = [k for k in extras if k.startswith(UNET_PREFIX)] if derived else []
+    if unread:  # a structure the config did not capture must not be dropped silently
+        raise FormatError(f"{path}: {len(unread)} UNet tensors fit no block of the UNet read from the file (e.g. {unread[0]})")
     metadata.pop(CONFIGS_METADATA_KEY, None)
     return _bundle(fam, modules, configs["scheduler"], family_tokenizers(fam), source=path, name=path.stem, extras=extras, metadata=metadata)
 
