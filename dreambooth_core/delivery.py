@@ -45,9 +45,22 @@ def is_step_save(artifact: Artifact) -> bool:
 
 
 def step_saves(artifacts: Iterable[Artifact], config: TrainConfig) -> list[Artifact]:
-    """The step saves of a run of `config` that go to the host (none unless `publish_step_saves`)."""
-    names = set(step_save_names(config))
-    return [a for a in artifacts if is_step_save(a) and a.name in names]
+    """The step saves of a run of `config` that go to the host (none unless `publish_step_saves`):
+    those it announced, and those an earlier part of the same run (cancelled, then resumed)
+    left in its outputs folder, which only this run writes."""
+    from .train.run_dir import RunDir
+
+    announced = {a.name: a for a in artifacts if is_step_save(a)}
+    kind = host_kind(config.method)
+    outputs = RunDir.for_config(config).outputs
+    out = []
+    for name in step_save_names(config):
+        left = outputs / f"{name}{HOST_KINDS[kind]}"
+        if name in announced:
+            out.append(announced[name])
+        elif left.is_file():
+            out.append(Artifact(kind=kind, path=str(left), name=name, prompt_hint=prompt_hint(kind, name), final=False))
+    return out
 
 
 def check_destination(config: TrainConfig, folders: Mapping[str, str | os.PathLike]) -> Path:

@@ -84,7 +84,7 @@ def _publish(plan: RunPlan, run: FinishedRun, kind: str, dest: Path, config: Tra
     artifact = next((a for a in run.artifacts if a.kind == kind and Path(a.path).name == dest.name), None)
     if artifact is None:
         raise UserError(f"the run finished without a {kind} file named {dest.name}; see {run.run_dir}/log.txt")
-    steps = [(a.path, dest.with_name(Path(a.path).name)) for a in step_saves(run.artifacts, config)]
+    steps = [(a.path, dest.with_name(Path(a.path).name)) for a in step_saves(run.artifacts, plan.config)]
     run.published = [_place(run, source, kind, target) for source, target in [*steps, (artifact.path, dest)]]
     record_finished(plan, run)
     return Trained(config, dest, run)
