@@ -127,6 +127,7 @@ class TrainConfig:
 
     # checkpoints
     checkpointing_steps: int = 0         # 0: only at the end (and on cancel)
+    publish_step_saves: bool = False     # hosts: also list each step's save as NAME-stepN (delivery.step_saves)
     resume_from: str | None = None       # "latest" or a state folder
 
     # validation
@@ -233,6 +234,8 @@ class TrainConfig:
             raise ConfigError(f"resolution must be a multiple of 8 and at least 64 (got {self.resolution})")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999, or left unset (got {self.ema_decay})")
+        if self.publish_step_saves and not self.checkpointing_steps:
+            raise ConfigError("publish_step_saves places the saves made every checkpointing_steps: set checkpointing_steps too")
         if self.ema_start_step < 0:
             raise ConfigError(f"ema_start_step must not be negative (got {self.ema_start_step})")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

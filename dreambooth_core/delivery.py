@@ -4,10 +4,13 @@ and the exact text the user types to use it.
 Both host adapters do the same three things after a run, so they live here: check
 before training that the result will not overwrite a user's file, place each final
 artifact into the host's folder for its kind (`publish`), and say how to use it.
+With `publish_step_saves`, the saves made every `checkpointing_steps` go there too, as
+`NAME-stepN`, so the host can compare steps (A1111's X/Y/Z plot, ComfyUI's LoraLoader).
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -24,12 +27,50 @@ def host_kind(method: str) -> str:
     return method_kind(method)
 
 
+STEP_SAVE = re.compile(r".+-step\d+")  # the trainer's name for a checkpointing_steps save
+
+
+def step_save_names(config: TrainConfig) -> list[str]:
+    """The names of the step saves a run of `config` places in a host's folder."""
+    every = config.checkpointing_steps
+    if not (config.publish_step_saves and every):
+        return []
+    return [f"{config.name}-step{step}" for step in range(every, config.max_train_steps, every)]
+
+
+def is_step_save(artifact: Artifact) -> bool:
+    """An intermediate save a host could list (not a cancelled run's save, not a state)."""
+    return (not artifact.final and artifact.kind in HOST_KINDS and STEP_SAVE.fullmatch(artifact.name) is not None
+            and Path(artifact.path).name == f"{artifact.name}{HOST_KINDS[artifact.kind]}")
+
+
+def step_saves(artifacts: Iterable[Artifact], config: TrainConfig) -> list[Artifact]:
+    """The step saves of a run of `config` that go to the host (none unless `publish_step_saves`):
+    those it announced, and those an earlier part of the same run (cancelled, then resumed)
+    left in its outputs folder, which only this run writes."""
+    from .train.run_dir import RunDir
+
+    announced = {a.name: a for a in artifacts if is_step_save(a)}
+    kind = host_kind(config.method)
+    outputs = RunDir.for_config(config).outputs
+    out = []
+    for name in step_save_names(config):
+        left = outputs / f"{name}{HOST_KINDS[kind]}"
+        if name in announced:
+            out.append(announced[name])
+        elif left.is_file():
+            out.append(Artifact(kind=kind, path=str(left), name=name, prompt_hint=prompt_hint(kind, name), final=False))
+    return out
+
+
 def check_destination(config: TrainConfig, folders: Mapping[str, str | os.PathLike]) -> Path:
-    """Before a run: where its result will go; OutputExistsError if that would overwrite
-    a file and the config does not say `overwrite`."""
+    """Before a run: where its result will go; OutputExistsError if that (or one of its
+    published step saves) would overwrite a file and the config does not say `overwrite`."""
     kind = host_kind(config.method)
     if config.overwrite:
         return Path(folders[kind]) / f"{config.name}{HOST_KINDS[kind]}"
+    for name in step_save_names(config):
+        check_name_free(kind, name, folders[kind])
     return check_name_free(kind, config.name, folders[kind])
 
 
@@ -76,13 +117,15 @@ def deliver(
     folders: Mapping[str, str | os.PathLike],
     host: str = "a1111",
 ) -> list[Delivered]:
-    """Publish each final host artifact of a completed run into `folders[kind]`.
+    """Publish each final host artifact of a completed run into `folders[kind]` (and its
+    step saves, when the config says `publish_step_saves`).
 
     Never raises for one artifact: a file that cannot be placed is reported with its
     reason and stays safe in the run folder.
     """
     out = []
-    for art in host_artifacts(artifacts):
+    artifacts = list(artifacts)
+    for art in [*step_saves(artifacts, config), *host_artifacts(artifacts)]:
         name = art.name or config.name
         hint = prompt_hint(art.kind, name, host)
         item = Delivered(art.kind, name, "", art.path, hint, usage_prompt(config, art.kind, name, host))

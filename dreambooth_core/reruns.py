@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
+from .delivery import is_step_save
 from .events import Artifact
 from .fileio import write_text_atomic
 from .jobs.state import RunState
@@ -36,7 +37,8 @@ RECORD_FILE = "finished.json"
 IDENTITY_KEYS = RESUME_KEYS + ("family", "token", "class_noun", "instance_prompt", "class_prompt", "resolution",
                                "init_word", "conv_alpha")
 # Paths and switches that say where and how a run is stored, not what it learns.
-PLACEMENT_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "overwrite")
+PLACEMENT_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "overwrite",
+                  "publish_step_saves")
 
 
 def _digest(value: Any, length: int = 12) -> str:
@@ -150,8 +152,9 @@ class FinishedRun:
 
 
 def finished_run(state: RunState) -> FinishedRun:
-    """The final artifacts, the loss curve and the newest validation images of a completed run."""
-    finals = [a for a in state.artifacts if a.final]
+    """The final artifacts (and step saves a host may list), the loss curve and the newest
+    validation images of a completed run."""
+    finals = [a for a in state.artifacts if a.final or is_step_save(a)]
     plot = next((a.path for a in reversed(state.artifacts) if a.kind == "loss_plot"), None)
     last = max((p.step for p in state.previews), default=None)
     samples = [p.path for p in state.previews if p.step == last]

@@ -108,11 +108,11 @@ def prompt_inputs(model: "BaseModel", pipe, prompts: list[str], negative_prompt:
     """The pipeline's prompt_embeds arguments when `encoding` differs from the pipeline's own
     (a prompt over 75 tokens, or clip skip); None otherwise. Prompt and negative prompt are
     encoded as one batch, so the shorter is padded with empty chunks as A1111 pads them."""
-    from .data.long_prompts import CHUNK, token_count
+    from .data.long_prompts import chunk_size, token_count
     from .train.prompts import encode_prompts
 
     tok = model.tokenizers[0]
-    if encoding is None or (encoding.clip_skip == 1 and all(token_count(tok, p) <= CHUNK for p in [*prompts, negative_prompt])):
+    if encoding is None or (encoding.clip_skip == 1 and all(token_count(tok, p) <= chunk_size(tok) for p in [*prompts, negative_prompt])):
         return None
     both = encode_prompts(model, [*prompts, *[negative_prompt] * len(prompts)], encoding)
     n = len(prompts)

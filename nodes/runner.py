@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from dreambooth_core.config import TrainConfig
+from dreambooth_core.delivery import step_save_names, step_saves
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.events import Artifact, Done, Error, Event, Log, Preview, Progress, Started
 from dreambooth_core.jobs import Job, JobManager, RunState
@@ -60,6 +61,8 @@ def train(config: TrainConfig, kind: str, sources: dict[str, str], node_id: str 
         log.info("DreamBooth: %s was already trained with these settings (%s)", config.name, plan.folder)
         return _publish(plan, recorded_run(plan.record), kind, dest, config)
     _check_free(dest)
+    for name in step_save_names(config):
+        _check_free(dest.with_name(f"{name}{HOST_KINDS[kind]}"))
     host.free_memory()
     progress = host.NodeProgress(node_id, config.max_train_steps)
     verb = "resuming" if plan.action == "resume" else "starting"
@@ -78,18 +81,24 @@ def _check_free(dest: Path) -> None:
 
 
 def _publish(plan: RunPlan, run: FinishedRun, kind: str, dest: Path, config: TrainConfig) -> Trained:
-    """Place the run's file in ComfyUI's folder (atomically) unless our copy is already there."""
+    """Place the run's file (and its step saves, with `publish_step_saves`) in ComfyUI's folder."""
     artifact = next((a for a in run.artifacts if a.kind == kind and Path(a.path).name == dest.name), None)
     if artifact is None:
         raise UserError(f"the run finished without a {kind} file named {dest.name}; see {run.run_dir}/log.txt")
-    current = [p for p in run.published if p.path == str(dest) and p.intact()]
-    if not current:
-        _check_free(dest)
-        publish(artifact.path, kind, dest.stem, dest.parent, overwrite=True)
-        current = [Published.of(kind, dest)]
-    run.published = current
+    steps = [(a.path, dest.with_name(Path(a.path).name)) for a in step_saves(run.artifacts, plan.config)]
+    run.published = [_place(run, source, kind, target) for source, target in [*steps, (artifact.path, dest)]]
     record_finished(plan, run)
     return Trained(config, dest, run)
+
+
+def _place(run: FinishedRun, source: str, kind: str, dest: Path) -> Published:
+    """`source` at `dest` (atomically), unless the copy this run placed there is intact."""
+    ours = next((p for p in run.published if p.path == str(dest) and p.intact()), None)
+    if ours is not None:
+        return ours
+    _check_free(dest)
+    publish(source, kind, dest.stem, dest.parent, overwrite=True)
+    return Published.of(kind, dest)
 
 
 def _follow(plan: RunPlan, progress: "host.NodeProgress", on_completed: Callable[[RunState], object]) -> RunState:

@@ -425,3 +425,38 @@ def test_plan_memory_shows_the_plan_before_train_and_loads_nothing(webui):
     assert webui.session.manager.list() == [] and webui.shared.sd_model.device == "cuda"
     (refused,) = event(webui, "dbc_plan", "click").run(*form_values(webui))  # b"{}" is no checkpoint
     assert "dbc-error" in refused
+
+
+def test_step_saves_land_in_the_webui_list_when_asked(webui):
+    """Advanced → publish_step_saves: each checkpointing_steps save is listed as NAME-stepN
+    beside the result, so X/Y/Z plots can compare steps."""
+    press(webui, "dbc_train", max_train_steps=5, checkpointing_steps=2, publish_step_saves=True)
+    view = wait_done(webui)
+    assert view["status"] == "completed", view["error"]
+    names = sorted(p.name for p in webui.folders["lora"].iterdir())
+    assert names == ["zwx_dog-step2.safetensors", "zwx_dog-step4.safetensors", "zwx_dog.safetensors"]
+    assert all(listed(webui, "lora", n) for n in ("zwx_dog", "zwx_dog-step2", "zwx_dog-step4"))
+    assert sorted(d["prompt_hint"] for d in view["delivered"]) == ["<lora:zwx_dog-step2:0.8>", "<lora:zwx_dog-step4:0.8>",
+                                                                   "<lora:zwx_dog:0.8>"]
+
+    press(webui, "dbc_train", output_name="quiet", max_train_steps=5, checkpointing_steps=2)
+    assert wait_done(webui)["status"] == "completed"
+    assert not any(p.name.startswith("quiet-step") for p in webui.folders["lora"].iterdir())
+
+
+def test_step_saves_from_before_a_cancel_are_placed_when_the_resumed_run_ends(webui):
+    webui.session.manager.env["FAKE_TRAINER_DELAY"] = "0.02"
+    press(webui, "dbc_train", max_train_steps=400, checkpointing_steps=2, publish_step_saves=True)
+    deadline = time.monotonic() + 60
+    while (webui.session.view()["step"] or 0) < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    event(webui, "dbc_cancel", "click").run()
+    stopped = wait_done(webui)["train_step"]
+    assert not list(webui.folders["lora"].iterdir())   # nothing placed by a cancelled run
+
+    webui.session.manager.env["FAKE_TRAINER_DELAY"] = "0.001"
+    press(webui, "dbc_resume", max_train_steps=stopped + 4, checkpointing_steps=2, publish_step_saves=True)
+    assert wait_done(webui)["status"] == "completed"
+    expected = {f"zwx_dog-step{s}.safetensors" for s in range(2, stopped + 4, 2)} | {"zwx_dog.safetensors"}
+    assert {p.name for p in webui.folders["lora"].iterdir()} == expected

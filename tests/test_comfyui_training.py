@@ -451,3 +451,34 @@ def test_options_take_a_kohya_dataset_toml(comfy, tmp_path):
     toml.write_text(outside.read_text().replace(str(dataset.folder), str(elsewhere)))
     with pytest.raises(OutsideRoots, match=r"concepts\[0\].image_dir"):
         comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept, options=f"dataset_config = {toml}"))
+
+
+def test_step_saves_land_in_the_loras_folder_when_asked(comfy):
+    """options `publish_step_saves = true`: each checkpointing_steps save is in LoraLoader's
+    list as NAME-stepN; queued again, the finished run puts back a deleted one without training."""
+    dataset, concept = dataset_and_concept(comfy)
+    options = f"{QUIET}\ncheckpointing_steps = 1\npublish_step_saves = true"
+    first = comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept, steps=3, options=options))
+    assert first[0] == "zwx_toy.safetensors"
+    assert comfy.folder_paths.get_filename_list("loras") == ["zwx_toy-step1.safetensors", "zwx_toy-step2.safetensors",
+                                                              "zwx_toy.safetensors"]
+    run_outputs = next((Path(comfy.folder_paths.get_output_directory()) / "dreambooth").glob("zwx_toy-*/zwx_toy/outputs"))
+    step1 = comfy.folder("loras") / "zwx_toy-step1.safetensors"
+    assert step1.read_bytes() == (run_outputs / step1.name).read_bytes()
+
+    runs = package_module(comfy, "runner").manager().list()
+    step1.unlink()
+    comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept, steps=3, options=options))
+    assert step1.is_file() and package_module(comfy, "runner").manager().list() == runs, "reused, not trained again"
+
+
+def test_a_foreign_file_with_a_step_saves_name_is_refused_before_training(comfy):
+    from dreambooth_core.errors import OutputExistsError
+
+    dataset, concept = dataset_and_concept(comfy)
+    theirs = comfy.folder("loras") / "zwx_toy-step2.safetensors"
+    theirs.write_bytes(b"someone else's LoRA")
+    options = f"{QUIET}\ncheckpointing_steps = 2\npublish_step_saves = true"
+    with pytest.raises(OutputExistsError, match="zwx_toy-step2.safetensors already exists"):
+        comfy.run("DreamBoothTrainLoRA", **lora_inputs(dataset, concept, steps=4, options=options))
+    assert theirs.read_bytes() == b"someone else's LoRA" and package_module(comfy, "runner").manager().list() == []

@@ -6,7 +6,9 @@ import hashlib
 import json
 import logging
 import socket
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -220,3 +222,89 @@ def test_diffusers_component_in_an_older_key_layout_goes_through_the_library(tmp
     ids = torch.tensor([[49406, 320, 1125, 49407]])
     with torch.no_grad():
         assert torch.equal(loaded.text_encoders[0](ids)[0], model.text_encoders[0](ids)[0])
+
+
+def short_text_model(seed: int = 0):
+    """A tiny SD1 model whose text encoder has 24 positions (CLIP's is 77), as toy models have."""
+    from transformers import CLIPTextModel
+
+    model = tiny_base_model("sd1", seed=seed)
+    config = model.text_encoders[0].config
+    config.max_position_embeddings = 24
+    torch.manual_seed(seed)
+    model.text_encoders[0] = CLIPTextModel(config).eval()
+    model.tokenizers[0].model_max_length = 24
+    return model
+
+
+def generates_with_a_plain_pipeline(folder) -> None:
+    """What a user does with a folder: from_pretrained with no dtype, then one tiny image."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype} == {torch.float32}
+    image = pipe("a photo of zwx", num_inference_steps=2, height=32, width=32, output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
+
+
+def write_diffusers_base(tiny, folder) -> None:
+    """`tiny` as diffusers itself writes a pipeline, with a PNDM scheduler (ours writes DDPM)."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    scheduler = PNDMScheduler.from_config(tiny.scheduler_config, skip_prk_steps=True, steps_offset=1)
+    StableDiffusionPipeline(
+        vae=tiny.vae, unet=tiny.unet, text_encoder=tiny.text_encoders[0], tokenizer=tiny.tokenizers[0], scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder)
+
+
+def assert_faithful_to(base, out) -> None:
+    """`out` carries `base`'s tokenizer files and scheduler config unchanged, and its text
+    encoder loads in fp32 as its UNet and VAE do."""
+    theirs = sorted(p.name for p in (base / "tokenizer").iterdir())
+    assert sorted(p.name for p in (out / "tokenizer").iterdir()) == theirs
+    for name in theirs:
+        assert (out / "tokenizer" / name).read_bytes() == (base / "tokenizer" / name).read_bytes(), name
+    scheduler_file = "scheduler/scheduler_config.json"
+    assert json.loads((out / scheduler_file).read_text()) == json.loads((base / scheduler_file).read_text())
+    text_config = json.loads((out / "text_encoder" / "config.json").read_text())
+    assert text_config.get("dtype", text_config.get("torch_dtype")) == "float32"
+
+
+def test_diffusers_folder_carries_the_base_tokenizer_and_scheduler_and_loads_plainly(tmp_path, no_network):
+    """A diffusers save from a diffusers base: the base's tokenizer files and scheduler config
+    unchanged, and fp16 weights that a plain from_pretrained loads and runs."""
+    write_diffusers_base(short_text_model(), tmp_path / "base")
+    base = load_base_model(tmp_path / "base")
+    assert base.tokenizers[0].model_max_length == 24
+    out = save_diffusers(base, tmp_path / "ours", dtype="fp16")
+    assert_faithful_to(tmp_path / "base", out)
+    with safe_open(str(out / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16  # stored as asked
+    generates_with_a_plain_pipeline(out)
+
+
+def test_converted_single_file_with_a_short_text_encoder_loads_plainly(tmp_path, no_network):
+    """convert --to diffusers from a single file (no tokenizer inside): the tokenizer written
+    stops where the text encoder's positions do."""
+    from dreambooth_core.cli import main
+
+    src = save_single_file(short_text_model(seed=1), tmp_path / "short.safetensors", dtype="fp16")
+    assert load_base_model(src).tokenizers[0].model_max_length == 24
+    assert main(["convert", str(src), str(tmp_path / "folder"), "--to", "diffusers"]) == 0
+    config = json.loads((tmp_path / "folder" / "tokenizer" / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 24
+    generates_with_a_plain_pipeline(tmp_path / "folder")
+
+
+def test_dreambooth_diffusers_folder_from_a_short_tokenizer_base_loads_plainly(tmp_path, no_network):
+    """DreamBooth (`save_formats = ["diffusers"]`, default fp16) on a diffusers base whose text
+    encoder has 24 positions: it trains, and its folder is faithful to the base and generates."""
+    from test_train_support import tiny_config, train
+
+    write_diffusers_base(short_text_model(seed=2), tmp_path / "base")
+    cfg = tiny_config(tmp_path, method="dreambooth", learning_rate=1e-3, save_formats=["diffusers"], train_text_encoder=True)
+    result, _, _ = train(cfg, model=load_base_model(tmp_path / "base"))
+    (artifact,) = [a for a in result.outputs if a.kind == "diffusers"]
+    assert_faithful_to(tmp_path / "base", Path(artifact.path))
+    generates_with_a_plain_pipeline(artifact.path)

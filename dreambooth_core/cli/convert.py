@@ -30,7 +30,7 @@ def stored_dtype(src: Path, unsafe_pickle: bool = False) -> str:
 
     from safetensors import safe_open
 
-    from ..fileio import load_state_dict
+    from ..fileio import load_state_dict, read_safetensors_metadata
 
     counts: collections.Counter[str] = collections.Counter()
 
@@ -39,20 +39,16 @@ def stored_dtype(src: Path, unsafe_pickle: bool = False) -> str:
             counts[_DTYPE_NAMES[dtype]] += max(1, math.prod(shape))
 
     files = [src] if src.is_file() else sorted((src / "unet").glob("*.safetensors")) or sorted((src / "unet").glob("*.bin"))
-    try:
-        for f in files:
-            if f.suffix == ".safetensors":
-                with safe_open(str(f), framework="pt") as st:
-                    for k in st.keys():
-                        s = st.get_slice(k)
-                        count(k, s.get_dtype(), tuple(s.get_shape()))
-            else:
-                for k, t in load_state_dict(f, unsafe_pickle=unsafe_pickle).items():
-                    count(k, str(t.dtype).removeprefix("torch."), tuple(t.shape))
-    except UserError:
-        raise
-    except Exception:  # noqa: BLE001 - a damaged file: loading it next names what is wrong, clearly
-        return "fp32"
+    for f in files:
+        if f.suffix == ".safetensors":
+            read_safetensors_metadata(f)  # a truncated or garbage file: the loader's FormatError
+            with safe_open(str(f), framework="pt") as st:
+                for k in st.keys():
+                    s = st.get_slice(k)
+                    count(k, s.get_dtype(), tuple(s.get_shape()))
+        else:
+            for k, t in load_state_dict(f, unsafe_pickle=unsafe_pickle).items():
+                count(k, str(t.dtype).removeprefix("torch."), tuple(t.shape))
     return counts.most_common(1)[0][0] if counts else "fp32"
 
 

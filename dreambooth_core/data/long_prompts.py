@@ -14,22 +14,27 @@ MAX_TOKEN_LENGTHS = (75, 150, 225)
 COMMA_BACKTRACK = 20   # A1111's default `comma_padding_backtrack`
 
 
-def split_chunks(ids: list[int], comma_id: int | None, max_chunks: int) -> list[list[int]]:
-    """`ids` (no special tokens) in chunks of at most 75, at most `max_chunks` of them (the
-    rest is cut). One chunk is a plain cut at 75, as a 77-token tokenizer does."""
-    if max_chunks == 1 or len(ids) <= CHUNK:
-        return [ids[:CHUNK]]
+def chunk_size(tokenizer) -> int:
+    """Tokens per chunk: 75, or fewer for a text encoder with fewer than 77 positions (toy models)."""
+    return min(CHUNK, tokenizer.model_max_length - 2)
+
+
+def split_chunks(ids: list[int], comma_id: int | None, max_chunks: int, size: int = CHUNK) -> list[list[int]]:
+    """`ids` (no special tokens) in chunks of at most `size` (75), at most `max_chunks` of them
+    (the rest is cut). One chunk is a plain cut at 75, as a 77-token tokenizer does."""
+    if max_chunks == 1 or len(ids) <= size:
+        return [ids[:size]]
     chunks: list[list[int]] = []
     current: list[int] = []
     last_comma = -1
     for token in ids:
         if token == comma_id:
             last_comma = len(current)
-        elif len(current) == CHUNK and last_comma != -1 and len(current) - last_comma <= COMMA_BACKTRACK:
+        elif len(current) == size and last_comma != -1 and len(current) - last_comma <= COMMA_BACKTRACK:
             moved = current[last_comma + 1 :]
             chunks.append(current[: last_comma + 1])
             current, last_comma = moved, -1
-        if len(current) == CHUNK:
+        if len(current) == size:
             chunks.append(current)
             current, last_comma = [], -1
         current.append(token)
@@ -38,9 +43,9 @@ def split_chunks(ids: list[int], comma_id: int | None, max_chunks: int) -> list[
     return chunks[:max_chunks]
 
 
-def wrap_chunk(chunk: list[int], bos: int, eos: int, pad: int) -> list[int]:
-    """[start] + chunk + [end] + padding to 77 (SD1 pads with the end token, SD2/SDXL-G with '!')."""
-    return [bos, *chunk, eos] + [pad] * (CHUNK - len(chunk))
+def wrap_chunk(chunk: list[int], bos: int, eos: int, pad: int, size: int = CHUNK) -> list[int]:
+    """[start] + chunk + [end] + padding to `size` + 2 = 77 (SD1 pads with the end token, SD2/SDXL-G with '!')."""
+    return [bos, *chunk, eos] + [pad] * (size - len(chunk))
 
 
 def prompt_chunks(tokenizer, prompt: str, max_token_length: int) -> list[list[int]]:
@@ -48,8 +53,9 @@ def prompt_chunks(tokenizer, prompt: str, max_token_length: int) -> list[list[in
     ids = tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False).input_ids
     comma = tokenizer.get_vocab().get(",</w>")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    chunks = split_chunks(ids, comma, max(1, max_token_length // CHUNK))
-    return [wrap_chunk(c, tokenizer.bos_token_id, tokenizer.eos_token_id, pad) for c in chunks]
+    size = chunk_size(tokenizer)
+    chunks = split_chunks(ids, comma, max(1, max_token_length // CHUNK), size)
+    return [wrap_chunk(c, tokenizer.bos_token_id, tokenizer.eos_token_id, pad, size) for c in chunks]
 
 
 def token_count(tokenizer, prompt: str) -> int:

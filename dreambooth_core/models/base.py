@@ -19,7 +19,8 @@ class BaseModel:
     `text_encoders[i]` pairs with `tokenizers[i]` and with `family.text_encoders[i]`
     (SDXL: CLIP-L first, OpenCLIP bigG second). `extras` keeps single-file tensors that
     no component consumes (e.g. SD2's unused last text layer), so writing the model back
-    reproduces the original file exactly.
+    reproduces the original file exactly. `tokenizer_dirs` lets a diffusers folder written
+    from this model carry the base's own tokenizer files rather than the family's.
     """
 
     family: Family
@@ -32,6 +33,8 @@ class BaseModel:
     name: str = "model"
     extras: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    # The source folder of each tokenizer (a diffusers base): written back unchanged.
+    tokenizer_dirs: list[Path] = field(default_factory=list)
 
     @property
     def prediction_type(self) -> str:

@@ -14,6 +14,7 @@ import copy
 import hashlib
 import inspect
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
@@ -22,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, OutputExistsError, UserError
 from ..families import Family, get_family
-from ..formats.checkpoint import ldm_state_dict, load_ldm_state, normalized_key_names
+from ..formats.checkpoint import UNET_PREFIX, ldm_state_dict, load_ldm_state, normalized_key_names
 from ..fileio import (SafetensorsReader, check_output, clean_stale_temps, load_state_dict, require_file, save_safetensors,
                       temp_name, write_failure)
 from ..paths import PathRefused, is_owned, make_owned_folder
 from .base import BaseModel
 from .detect import FAMILY_INDEX_KEY, detect_diffusers_family, detect_family
+from .shapes import unet_config_from_shapes
 from .tokenizers import family_tokenizers, write_tokenizer_folder
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ EXTRAS_FILE = "ldm_extras.safetensors"
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "float": "float32"}
 _TEXT_CONFIG_NOISE = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
+log = logging.getLogger(__name__)
 STABILITY_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 
 
@@ -187,6 +190,10 @@ def _empty_components(family: Family, configs: dict[str, dict[str, Any]], empty:
 def _bundle(family: Family, modules: dict[str, Any], scheduler: dict[str, Any], tokenizers: list, **kw: Any) -> BaseModel:
     for m in modules.values():
         m.eval()
+    for tok, name in zip(tokenizers, family.text_encoders):
+        # A text encoder with fewer positions than CLIP's 77 (tiny and toy models) needs a
+        # tokenizer that stops there, or every prompt overflows it.
+        tok.model_max_length = min(tok.model_max_length, modules[name].config.max_position_embeddings)
     return BaseModel(
         family=family,
         unet=modules["unet"],
@@ -222,6 +229,20 @@ def _open_tensors(path: Path, unsafe_pickle: bool) -> Iterator[tuple[dict[str, t
         yield reader.shapes, dict(reader.metadata), reader.get
 
 
+def _configs_from_shapes(shapes: dict[str, tuple[int, ...]], family: Family, what: str) -> dict[str, dict[str, Any]]:
+    """The family's configs, with an SD1/SD2 UNet's structure read from the file (trimmed and
+    distilled models: fewer levels or res blocks, another transformer depth, no mid block)."""
+    configs = shipped_configs(family)
+    if family.is_sdxl:
+        return configs
+    unet = unet_config_from_shapes(shapes, configs["unet"], family, what)
+    if unet != configs["unet"]:
+        changed = {k: v for k, v in unet.items() if configs["unet"].get(k) != v}
+        log.info("%s: a UNet of non-standard structure, read from its tensors: %s", what, json.dumps(changed))
+    configs["unet"] = unet
+    return configs
+
+
 def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsafe_pickle: bool) -> BaseModel:
     with _open_tensors(path, unsafe_pickle) as (file_shapes, metadata, get_stored):
         names = normalized_key_names(file_shapes)
@@ -231,10 +252,14 @@ def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsaf
             return get_stored(names[key])
 
         fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=family, what=str(path))
-        configs = _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
+        configs = _configs_from_metadata(metadata, fam, str(path)) or _configs_from_shapes(shapes, fam, str(path))
         configs["scheduler"] = {**configs["scheduler"], "prediction_type": fam.prediction_type}
         modules = _empty_components(fam, configs)
         extras = load_ldm_state(modules, fam, shapes.keys(), get, component_dtypes(dtype, modules), source=str(path))
+    derived = configs["unet"] != shipped_configs(fam)["unet"]
+    unread = [k for k in extras if k.startswith(UNET_PREFIX)] if derived else []
+    if unread:  # a structure the config did not capture must not be dropped silently
+        raise FormatError(f"{path}: {len(unread)} UNet tensors fit no block of the UNet read from the file (e.g. {unread[0]})")
     metadata.pop(CONFIGS_METADATA_KEY, None)
     return _bundle(fam, modules, configs["scheduler"], family_tokenizers(fam), source=path, name=path.stem, extras=extras, metadata=metadata)
 
@@ -316,10 +341,13 @@ def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> Ba
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FormatError(f"{folder}: the {name} cannot be loaded ({first_line}); the folder may be incomplete or corrupt") from exc
     ours = FAMILY_INDEX_KEY in _json(folder / "model_index.json")
-    if ours or not all((folder / name).is_dir() for name in fam.tokenizers):
+    tokenizer_dirs = [folder / name for name in fam.tokenizers]
+    if not all(d.is_dir() for d in tokenizer_dirs):
+        tokenizers, tokenizer_dirs = family_tokenizers(fam), []
+    elif ours:
         tokenizers = family_tokenizers(fam)  # what our folders hold, built without parsing tokenizer.json
     else:
-        tokenizers = [CLIPTokenizer.from_pretrained(folder / name) for name in fam.tokenizers]
+        tokenizers = [CLIPTokenizer.from_pretrained(d) for d in tokenizer_dirs]
     sched_file = folder / "scheduler" / "scheduler_config.json"
     scheduler = _json(sched_file) if sched_file.exists() else shipped_configs(fam)["scheduler"]
     scheduler["prediction_type"] = fam.prediction_type
@@ -328,7 +356,8 @@ def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> Ba
     if (folder / EXTRAS_FILE).exists():
         with _open_tensors(folder / EXTRAS_FILE, False) as (shapes, metadata, get):
             extras = {k: get(k) for k in shapes}
-    return _bundle(fam, modules, scheduler, tokenizers, source=folder, name=folder.name, extras=extras, metadata=metadata)
+    return _bundle(fam, modules, scheduler, tokenizers, source=folder, name=folder.name, extras=extras, metadata=metadata,
+                   tokenizer_dirs=tokenizer_dirs)
 
 
 def load_base_model(
@@ -430,6 +459,17 @@ def _save_weights(state: dict[str, "torch.Tensor"], path: Path, dtype: "torch.dt
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
+def _write_tokenizers(model: BaseModel, dest: Path) -> None:
+    """The base's own tokenizer folders, copied unchanged where it came from a diffusers
+    folder that still has them; else the model's tokenizers."""
+    dirs = model.tokenizer_dirs
+    if len(dirs) == len(model.family.tokenizers) and all(d.is_dir() for d in dirs):
+        for name, d in zip(model.family.tokenizers, dirs):
+            shutil.copytree(d, dest / name)
+        return
+    write_tokenizer_folder(model.family, dest, model.tokenizers)
+
+
 def save_diffusers(model: BaseModel, folder: str | os.PathLike, dtype: "str | torch.dtype" = "fp16", overwrite: bool = False) -> Path:
     """Write `model` as a diffusers folder (safetensors weights in `dtype`), atomically.
 
@@ -450,13 +490,15 @@ def save_diffusers(model: BaseModel, folder: str | os.PathLike, dtype: "str | to
             (tmp / name).mkdir()
             config = copy.deepcopy(te.config)
             config.architectures = [type(te).__name__]
-            setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", td)
+            # The dtype a plain from_pretrained loads it in: fp32, as diffusers loads the UNet
+            # and VAE; the stored dtype here would mix fp16 text with fp32 UNet.
+            setattr(config, "dtype" if hasattr(config, "dtype") else "torch_dtype", torch_dtype("fp32"))
             config.save_pretrained(tmp / name)
             _save_weights(te.state_dict(), tmp / name / "model.safetensors", td)
-        write_tokenizer_folder(model.family, tmp)
+        _write_tokenizers(model, tmp)
         (tmp / "scheduler").mkdir()
         scheduler = {"_class_name": "DDPMScheduler", **model.scheduler_config}
-        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2), encoding="utf-8")
+        (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         index = _json(model.family.config_dir / "model_index.json")
         index.update({
             "_diffusers_version": diffusers.__version__,

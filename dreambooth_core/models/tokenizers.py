@@ -43,13 +43,14 @@ def family_tokenizers(family: Family) -> list["CLIPTokenizer"]:
     return out
 
 
-def write_tokenizer_folder(family: Family, dest: Path) -> None:
-    """Write complete tokenizer folders (for a diffusers folder, or a host that wants them).
+def write_tokenizer_folder(family: Family, dest: Path, tokenizers: "list[CLIPTokenizer] | None" = None) -> None:
+    """Write complete tokenizer folders (for a diffusers folder, or a host that wants them):
+    `tokenizers` (a model's, with its `model_max_length`), else the family's.
 
     The BPE files are copied too: newer transformers saves only tokenizer.json, which
     the older transformers that hosts pin (A1111: 4.30) cannot read.
     """
-    for name, tok in zip(family.tokenizers, family_tokenizers(family)):
+    for name, tok in zip(family.tokenizers, tokenizers or family_tokenizers(family)):
         tok.save_pretrained(str(dest / name))
         for bpe_file in ("vocab.json", "merges.txt"):
             shutil.copyfile(CLIP_BPE_DIR / bpe_file, dest / name / bpe_file)

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..data.long_prompts import prompt_chunks, wrap_chunk
+from ..data.long_prompts import chunk_size, prompt_chunks, wrap_chunk
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ def encode_rows(text_encoders: list, tokenizers: list, family: "Family", rows: l
     hidden_per_encoder, pooled = [], None
     for k, (te, tok) in enumerate(zip(text_encoders, tokenizers)):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        empty = wrap_chunk([], tok.bos_token_id, tok.eos_token_id, pad)
+        empty = wrap_chunk([], tok.bos_token_id, tok.eos_token_id, pad, chunk_size(tok))
         pieces = []
         for c in range(n_chunks):
             batch = torch.tensor([r[k][c] if c < len(r[k]) else empty for r in rows])

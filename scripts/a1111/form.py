@@ -32,7 +32,7 @@ METHODS: dict[str, tuple[str, str]] = {
 # The "Advanced" accordion: TrainConfig keys, in display order.
 ADVANCED = ("max_train_steps", "learning_rate", "train_batch_size", "gradient_accumulation_steps", "resolution",
             "lr_scheduler", "lr_warmup_steps", "optimizer", "mixed_precision", "seed", "network", "rank", "alpha",
-            "train_text_encoder", "num_vectors", "prior_loss_weight", "checkpointing_steps", "validation_steps",
+            "train_text_encoder", "num_vectors", "prior_loss_weight", "checkpointing_steps", "publish_step_saves", "validation_steps",
             "num_validation_images", "save_dtype", "gradient_checkpointing",
             # datasets (dreambooth_core/data): buckets, tag captions, long prompts, masks
             "enable_bucketing", "bucket_no_upscale", "shuffle_caption", "keep_tokens", "caption_dropout_rate",
@@ -42,6 +42,7 @@ CHOICES: dict[str, tuple[str, ...]] = {"network": NETWORKS, "lr_scheduler": LR_S
 LABELS = {"network": "network type (LoRA methods)", "resolution": "resolution (0: the model's own)", "max_train_steps": "steps", "train_batch_size": "batch size",
           "alpha": "LoRA alpha", "rank": "LoRA rank", "num_vectors": "vectors per token (TI)",
           "checkpointing_steps": "save a resumable state every N steps (0: at the end)",
+          "publish_step_saves": "list each step's save in the WebUI as NAME-stepN (X/Y/Z plots)",
           "validation_steps": "samples every N steps (0: before and after)",
           "enable_bucketing": "aspect-ratio buckets (off: square crops)", "bucket_no_upscale": "never upscale small photos",
           "keep_tokens": "tags kept first when shuffling", "max_token_length": "longest prompt in tokens (75, 150, 225)",

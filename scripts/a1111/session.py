@@ -130,9 +130,8 @@ class Session:
                     rec.notes.append(f"the run finished but reported no file for the WebUI: look in {job.run_dir}")
         if self.manager.current is None:
             self._restore_model()
-        for item in rec.delivered:
-            if item.path:
-                self._note(rec, _refresh(item.kind, Path(item.path).parent))
+        for kind, folder in dict.fromkeys((item.kind, Path(item.path).parent) for item in rec.delivered if item.path):
+            self._note(rec, _refresh(kind, folder))  # once per list, however many step saves went there
         with self._lock:
             rec.settled = True
 

@@ -53,6 +53,13 @@ def run(config, emit, cancel) -> None:
         time.sleep(delay)
         emit(Progress(phase="train", step=step, total=total, eta_seconds=(total - step) * delay, loss=1.0 / step,
                       lr=config.learning_rate))
+        kind = host_kind(config.method)
+        every = config.checkpointing_steps
+        if every and step < total and step % every == 0 and kind != "checkpoint":  # as train.loop: no full checkpoint per step
+            name = f"{config.name}-step{step}"
+            path = run.outputs / f"{name}{HOST_KINDS[kind]}"
+            write_result(kind, path, name)
+            emit(Artifact(kind=kind, path=str(path), name=name, prompt_hint=prompt_hint(kind, name), final=False))
         if step == min(2, total):
             from PIL import Image
 
