@@ -146,7 +146,7 @@ def _one_step(config, family, model, method, prompts, params, optimizer, resolut
             embeds = prompts.get(["a photo of zwx dog"] * batch, model.text_encoders, family)
             hidden, pooled = embeds.hidden.to(dtype), embeds.pooled
         else:
-            hidden = torch.zeros(batch, 77, sum(family.context_dims) if family.is_sdxl else model.unet.config.cross_attention_dim, dtype=dtype)
+            hidden = torch.zeros(batch, 77, model.unet.config.cross_attention_dim, dtype=dtype)  # SDXL: both encoders
             pooled = torch.zeros(batch, model.unet.config.projection_class_embeddings_input_dim - 6 * model.unet.config.addition_time_embed_dim, dtype=dtype) if family.is_sdxl else None
         kwargs = {}
         if family.is_sdxl:
