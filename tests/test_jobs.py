@@ -446,7 +446,7 @@ def test_manager_status_dict_is_json_safe_for_an_http_api(make_config):
     manager.get(job_id).wait(20)
     status = json.loads(json.dumps(manager.status_dict(job_id), allow_nan=False))
     assert status["id"] == job_id and status["status"] == "completed" and status["queue_position"] is None
-    assert (status["step"], status["total"], status["phase"], status["loss"]) == (5, 5, "train", 0.2)
+    assert (status["step"], status["total"], status["phase"], status["loss"]) == (5, 5, "completed", 0.2)
     assert status["artifacts"][0]["prompt_hint"] == "<lora:zwx_dog:0.8>"
     assert status["previews"][0]["path"].endswith("0002.png")
     assert status["run_dir"].endswith("zwx_dog") and status["error"] is None

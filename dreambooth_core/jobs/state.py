@@ -6,6 +6,7 @@ in a thread or a worker process. Everything here is thread-safe and import-light
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -36,6 +37,7 @@ class RunState:
     total_steps: int = 0
     step: int = 0                # last training step reached
     progress: Progress | None = None
+    train_progress: Progress | None = None  # the last training step's: its loss and lr outlive the save phase
     artifacts: list[Artifact] = field(default_factory=list)
     previews: list[Preview] = field(default_factory=list)
     error: Error | None = None   # the first error: the cause, not its consequences
@@ -51,7 +53,7 @@ class RunState:
         elif isinstance(event, Progress):
             self.progress = event
             if event.phase == "train":
-                self.step = event.step
+                self.step, self.train_progress = event.step, event
         elif isinstance(event, Preview):
             self.previews.append(event)
         elif isinstance(event, Artifact):
@@ -120,8 +122,7 @@ class Job:
         """A snapshot of the run's state (final once `wait` has returned True)."""
         with self._lock:
             s = self._state
-            return RunState(s.status, s.run_dir, s.method, s.total_steps, s.step, s.progress,
-                            list(s.artifacts), list(s.previews), s.error)
+            return dataclasses.replace(s, artifacts=list(s.artifacts), previews=list(s.previews))
 
     @property
     def events(self) -> list[Event]:
@@ -142,7 +143,7 @@ class Job:
         """A JSON-safe summary for an HTTP API or a UI poll."""
         with self._lock:
             s = self._state
-            p = s.progress
+            p, t = s.progress, s.train_progress
             log_tail = list(self._log)[-STATUS_LOG_LINES:]
             return {
                 "id": self.id,
@@ -150,14 +151,14 @@ class Job:
                 "status": s.status,
                 "name": self.config.name,
                 "method": self.config.method,
-                "phase": p.phase if p else None,
+                "phase": s.status if s.finished else (p.phase if p else None),
                 "step": p.step if p else s.step,
                 "total": p.total if p else s.total_steps,
                 "train_step": s.step,
                 "train_total": s.total_steps,
                 "eta": _finite(p.eta_seconds) if p else None,
-                "loss": _finite(p.loss) if p else None,
-                "lr": _finite(p.lr) if p else None,
+                "loss": _finite(t.loss) if t else None,
+                "lr": _finite(t.lr) if t else None,
                 "run_dir": s.run_dir,
                 "artifacts": [a.to_dict() for a in s.artifacts],
                 "previews": [v.to_dict() for v in s.previews[-STATUS_PREVIEWS:]],
