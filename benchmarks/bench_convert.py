@@ -28,7 +28,7 @@ def make_sd15_file(path: Path) -> None:
     from safetensors.torch import save_file
 
     from dreambooth_core.formats.checkpoint import ldm_state_dict
-    from dreambooth_core.models.loading import empty_base_model
+    from dreambooth_core.models.configs import empty_base_model
 
     g = torch.Generator().manual_seed(0)
     tensors = {

@@ -24,7 +24,8 @@ def make_tuned_and_lora(src: Path, tuned: Path, lora: Path, rank: int) -> None:
 
     from dreambooth_core.formats.lora import LoraModule, LoraWeights, write_kohya
     from dreambooth_core.formats.lora_keys import lora_target_modules, model_parts, names_for_model
-    from dreambooth_core.models.loading import load_base_model, save_single_file
+    from dreambooth_core.models.load import load_base_model
+    from dreambooth_core.models.save import save_single_file
 
     model = load_base_model(src, dtype="fp16")
     names = names_for_model(model)
@@ -52,7 +53,7 @@ def extraction_error(src: Path, tuned: Path, extracted: Path) -> float:
 
     from dreambooth_core.formats.lora import read_lora
     from dreambooth_core.formats.lora_keys import model_parts, names_for_model
-    from dreambooth_core.models.loading import load_base_model
+    from dreambooth_core.models.load import load_base_model
 
     base, tune = load_base_model(src, dtype="fp16"), load_base_model(tuned, dtype="fp16")
     names, lora = names_for_model(base), read_lora(extracted)

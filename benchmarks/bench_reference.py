@@ -320,7 +320,7 @@ def ours_child(model: str, images: str, out: str, res: int, steps: int, threads:
 
 def build_model(size: str, folder: str) -> None:
     """The benchmark model as a diffusers folder in fp32 (what both trainers load)."""
-    from dreambooth_core.models.loading import save_diffusers
+    from dreambooth_core.models.save import save_diffusers
     from dreambooth_core.models.tiny import tiny_base_model
 
     model = sd15_random_model() if size == "sd15" else tiny_base_model("sd1")

@@ -34,7 +34,7 @@ def sd15_random_model():
 
     from dreambooth_core.families import get_family
     from dreambooth_core.models.base import BaseModel
-    from dreambooth_core.models.loading import shipped_configs
+    from dreambooth_core.models.configs import shipped_configs
     from dreambooth_core.models.tokenizers import family_tokenizers
 
     family = get_family("sd1")

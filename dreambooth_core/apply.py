@@ -22,7 +22,7 @@ def apply_artifact(model: "BaseModel", kind: str, path: str | Path, token: str |
     loaded anew. `token` names an embedding's prompt word (default: the file stem).
     """
     if kind == "checkpoint":
-        from .models.loading import load_base_model
+        from .models.load import load_base_model
 
         return load_base_model(path)
     if kind == "lora":

@@ -127,7 +127,7 @@ class TrainConfig:
 
     # checkpoints
     checkpointing_steps: int = 0         # 0: only at the end (and on cancel)
-    publish_step_saves: bool = False     # hosts: also list each step's save as NAME-stepN (delivery.step_saves)
+    publish_step_saves: bool = False     # hosts: also list each step's save as NAME-stepN (lifecycle.step_saves)
     resume_from: str | None = None       # "latest" or a state folder
 
     # validation

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from dreambooth_core.data.images import scan_images
 from dreambooth_core.errors import UserError
 from dreambooth_core.paths import text_value
-from dreambooth_core.reruns import source_signature
+from dreambooth_core.lifecycle import source_signature
 
 from . import host
 from .images import batch_digest, save_batch

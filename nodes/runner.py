@@ -1,6 +1,7 @@
-"""Running one training for a node: plan (reuse / resume / fresh), free the GPU, run it
-through the jobs layer while the node's progress bar follows, publish the result into
-ComfyUI's folder, and on Cancel stop the run with a resumable state.
+"""Running one training for a node: the core's lifecycle (`KeptRuns`) plans it (reuse /
+resume / fresh) and publishes its result into ComfyUI's folder; here the GPU is freed, the
+run goes through the jobs layer while the node's progress bar follows, and Cancel stops
+it with a resumable state.
 """
 from __future__ import annotations
 
@@ -10,20 +11,18 @@ from pathlib import Path
 from typing import Callable
 
 from dreambooth_core.config import TrainConfig
-from dreambooth_core.delivery import step_save_names, step_saves
-from dreambooth_core.errors import OutputExistsError, UserError
+from dreambooth_core.errors import UserError
 from dreambooth_core.events import Artifact, Done, Error, Event, Log, Preview, Progress, Started
 from dreambooth_core.jobs import Job, JobManager, RunState
+from dreambooth_core.lifecycle import FinishedRun, KeptRuns, RunPlan, finished_run, recorded_run
 from dreambooth_core.plan.memory import MemoryPlan
-from dreambooth_core.publish import HOST_KINDS, publish
-from dreambooth_core.reruns import (FinishedRun, Published, RunPlan, finished_run, placed_by_a_run, plan_run, record_finished,
-                                    recorded_run)
 
 from . import host
 
 POLL_SECONDS = 0.2
 CANCEL_WAIT_SECONDS = 900   # a worker that ignores the cancel is terminated by the jobs layer after 120 s
 LOSS_POINTS = 200           # recent loss values sent to the web extension's chart
+RENAME_HINT = "add the line output_name=another_name to the node's options"
 PHASES = {"class_images": "class images", "caching": "caching latents", "train": "training",
           "validation": "sampling previews", "saving": "saving"}
 
@@ -55,50 +54,23 @@ class Trained:
 
 def train(config: TrainConfig, kind: str, sources: dict[str, str], node_id: str | None, resume: bool) -> Trained:
     """Give ComfyUI a trained `kind` file for `config`: reused, resumed or trained anew."""
-    plan = plan_run(config, host.runs_root(), sources, resume=resume)
-    dest = host.publish_folder(kind) / f"{config.name}{HOST_KINDS[kind]}"
+    runs = KeptRuns(host.runs_root(), RENAME_HINT)
+    plan = runs.plan(config, sources, resume=resume)
+    folder = host.publish_folder(kind)
+
+    def publish(run: FinishedRun) -> Trained:
+        return Trained(config, runs.publish(plan, run, kind, folder), run)
+
     if plan.action == "reuse":
         log.info("DreamBooth: %s was already trained with these settings (%s)", config.name, plan.folder)
-        return _publish(plan, recorded_run(plan.record), kind, dest, config)
-    _check_free(dest)
-    for name in step_save_names(config):
-        _check_free(dest.with_name(f"{name}{HOST_KINDS[kind]}"))
+        return publish(recorded_run(plan.record))
+    runs.check_free(config, kind, folder)
     host.free_memory()
     progress = host.NodeProgress(node_id, config.max_train_steps)
     verb = "resuming" if plan.action == "resume" else "starting"
     progress.status(f"{verb} {config.method} run {config.name}", force=True)
-    state = _follow(plan, progress, on_completed=lambda s: _publish(plan, finished_run(s), kind, dest, config))
-    return _publish(plan, finished_run(state), kind, dest, config)
-
-
-def _check_free(dest: Path) -> None:
-    """Refuse, before training, to replace a file that no run of ours placed there (one of
-    ours may be replaced: its run folder keeps a copy). `overwrite` does not change that: a
-    workflow anyone on the network can queue never replaces another model."""
-    if dest.exists() and not placed_by_a_run(host.runs_root(), dest):
-        raise OutputExistsError(f"{dest.name} already exists in {dest.parent} and was not made by a DreamBooth run: "
-                                "add the line output_name=another_name to the node's options")
-
-
-def _publish(plan: RunPlan, run: FinishedRun, kind: str, dest: Path, config: TrainConfig) -> Trained:
-    """Place the run's file (and its step saves, with `publish_step_saves`) in ComfyUI's folder."""
-    artifact = next((a for a in run.artifacts if a.kind == kind and Path(a.path).name == dest.name), None)
-    if artifact is None:
-        raise UserError(f"the run finished without a {kind} file named {dest.name}; see {run.run_dir}/log.txt")
-    steps = [(a.path, dest.with_name(Path(a.path).name)) for a in step_saves(run.artifacts, plan.config)]
-    run.published = [_place(run, source, kind, target) for source, target in [*steps, (artifact.path, dest)]]
-    record_finished(plan, run)
-    return Trained(config, dest, run)
-
-
-def _place(run: FinishedRun, source: str, kind: str, dest: Path) -> Published:
-    """`source` at `dest` (atomically), unless the copy this run placed there is intact."""
-    ours = next((p for p in run.published if p.path == str(dest) and p.intact()), None)
-    if ours is not None:
-        return ours
-    _check_free(dest)
-    publish(source, kind, dest.stem, dest.parent, overwrite=True)
-    return Published.of(kind, dest)
+    state = _follow(plan, progress, on_completed=lambda s: publish(finished_run(s)))
+    return publish(finished_run(state))
 
 
 def _follow(plan: RunPlan, progress: "host.NodeProgress", on_completed: Callable[[RunState], object]) -> RunState:

@@ -16,7 +16,7 @@ from dreambooth_core.config import (ACTIVATIONS, PATH_KEYS, PRESETS, SAVE_FORMAT
                                     parse_set)
 from dreambooth_core.errors import UserError
 from dreambooth_core.registry import method_kind
-from dreambooth_core.reruns import source_signature
+from dreambooth_core.lifecycle import source_signature
 
 from . import host
 from .images import load_images

@@ -19,7 +19,7 @@ class TrainingImages:
     folder: str
     count: int
     captioned: int
-    signature: str   # dreambooth_core.reruns.source_signature of the folder
+    signature: str   # dreambooth_core.lifecycle.source_signature of the folder
 
     def __str__(self) -> str:
         captions = f", {self.captioned} with captions" if self.captioned else ""

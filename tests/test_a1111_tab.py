@@ -326,7 +326,7 @@ def test_a_worker_killed_from_outside_fails_clearly_and_the_webui_carries_on(web
 
 @pytest.mark.slow
 def test_a_tiny_real_lora_run_from_the_train_button_to_the_lora_list(webui):
-    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
 
     save_single_file(tiny_base_model("sd1"), webui.folders["checkpoint"] / "tiny.safetensors", dtype="fp32")
@@ -414,7 +414,7 @@ def test_the_advanced_section_sets_buckets_tag_captions_and_long_prompts(webui):
 
 
 def test_plan_memory_shows_the_plan_before_train_and_loads_nothing(webui):
-    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
 
     save_single_file(tiny_base_model("sd1"), webui.folders["checkpoint"] / "tiny.safetensors", dtype="fp32")

@@ -22,14 +22,9 @@ from dreambooth_core.errors import FamilyError, FormatError, OutputExistsError
 from dreambooth_core.formats.checkpoint import component_rules, ldm_state_dict, model_components, text_encoder_layouts
 from dreambooth_core.formats.unet_layout import diffusers_to_ldm_unet_key, ldm_to_diffusers_unet_key, unet_module_map
 from dreambooth_core.models.detect import detect_family
-from dreambooth_core.models.loading import (
-    CONFIGS_METADATA_KEY,
-    empty_base_model,
-    load_base_model,
-    model_configs,
-    save_diffusers,
-    save_single_file,
-)
+from dreambooth_core.models.configs import CONFIGS_METADATA_KEY, empty_base_model, model_configs
+from dreambooth_core.models.load import load_base_model
+from dreambooth_core.models.save import save_diffusers, save_single_file
 from dreambooth_core.models.tiny import tiny_base_model
 from dreambooth_core.toy.model import build_toy_model
 

@@ -20,7 +20,7 @@ QUIET = "num_validation_images = 0"
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
 
     path = tmp_path_factory.mktemp("models") / TINY

@@ -15,7 +15,7 @@ BASE, TUNED = "base.safetensors", "tuned.safetensors"
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
     """Two tiny SD1 checkpoints of the same architecture with different weights."""
-    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
 
     folder = tmp_path_factory.mktemp("models")

@@ -15,7 +15,7 @@ import torch
 
 from dreambooth_core.errors import UserError
 from dreambooth_core.fileio import clean_stale_temps, save_safetensors, write_bytes_atomic
-from dreambooth_core.publish import publish
+from dreambooth_core.lifecycle import publish
 from dreambooth_core.train.run_dir import RunDir
 from dreambooth_core.train.state import DamagedState, TrainingState, load_state, save_state
 

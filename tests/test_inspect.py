@@ -26,7 +26,7 @@ def _json(capsys, path):
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """One file of every kind: our writers where we have them, hand-made host layouts otherwise."""
-    from dreambooth_core.models.loading import save_diffusers, save_single_file
+    from dreambooth_core.models.save import save_diffusers, save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
 
     d = tmp_path_factory.mktemp("inspect")

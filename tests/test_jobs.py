@@ -494,7 +494,7 @@ def test_real_training_in_a_worker_cancels_through_stdin_and_resumes(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
 
     base = save_single_file(tiny_base_model("sd1"), tmp_path / "tiny.safetensors", dtype="fp32")

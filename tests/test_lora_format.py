@@ -25,7 +25,8 @@ from dreambooth_core.formats.lora import (
     write_peft,
 )
 from dreambooth_core.formats.lora_keys import lora_target_modules, model_parts, names_for_family, names_for_model
-from dreambooth_core.models.loading import empty_base_model, model_hash
+from dreambooth_core.models.configs import empty_base_model
+from dreambooth_core.models.hashes import model_hash
 from dreambooth_core.models.tiny import tiny_base_model
 
 FAMILIES = ["sd1", "sd2", "sd2-v", "sdxl"]

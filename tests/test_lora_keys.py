@@ -10,7 +10,7 @@ from dreambooth_core.formats.lora_keys import (
     names_for_family,
     names_for_model,
 )
-from dreambooth_core.models.loading import empty_base_model
+from dreambooth_core.models.configs import empty_base_model
 from dreambooth_core.models.tiny import tiny_base_model
 
 # (UNet, each text encoder) module counts of kohya's default LoRA; LoCon adds resnet and sampler layers.

@@ -11,7 +11,8 @@ from dreambooth_core.errors import FamilyError, UserError
 from dreambooth_core.formats.lora import read_lora, write_kohya
 from dreambooth_core.formats.lora_keys import lora_target_modules, model_parts, names_for_model
 from dreambooth_core.formats.lora_tools import _low_rank, extract_lora, merge_loras, resize_lora
-from dreambooth_core.models.loading import load_base_model, save_single_file
+from dreambooth_core.models.load import load_base_model
+from dreambooth_core.models.save import save_single_file
 from dreambooth_core.models.tiny import tiny_base_model
 
 

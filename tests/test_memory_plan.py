@@ -68,7 +68,7 @@ def test_plan_is_within_15_percent_of_a_real_step(tmp_path, method, checkpointin
 def test_plan_of_a_lora_step_on_the_full_sd15_architecture(tmp_path):
     """One LoRA step of the real SD1.5 module tree (random weights) at 128 px."""
     from dreambooth_core.models.base import BaseModel
-    from dreambooth_core.models.loading import _empty_components, shipped_configs
+    from dreambooth_core.models.configs import _empty_components, shipped_configs
     from dreambooth_core.families import get_family
     from dreambooth_core.models.tokenizers import family_tokenizers
 
@@ -111,19 +111,20 @@ def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
 
 
 def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    from dreambooth_core.models import loading
+    from dreambooth_core.models import load as model_load
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
     from dreambooth_core.plan import memory
     from dreambooth_core.plan.auto import MARGIN
     from dreambooth_core.train.loop import Trainer
 
     base = tmp_path / "tiny.safetensors"
-    loading.save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
+    save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
     all_savings = plan_memory(tiny_config(tmp_path, method="dreambooth", base_model=str(base), pack_frozen_convolutions=False,
                                           mixed_precision="bf16", gradient_checkpointing=True, optimizer="adafactor"), device="cpu")
     monkeypatch.setattr(memory, "free_memory", lambda device: int(all_savings.total_bytes / (1 - MARGIN)) + 1)
     monkeypatch.setattr(memory, "run_device", lambda: "cpu")
-    monkeypatch.setattr(loading, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(model_load, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
     pinned = config_from_dict({"mixed_precision": "no"}, tiny_config(tmp_path, method="dreambooth", base_model=str(base)))
     assert pinned.pinned == ["mixed_precision"]
     rec = Recorder()
@@ -133,7 +134,7 @@ def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_
 
 def test_cli_plan_reads_only_the_header_and_prints_json(tmp_path, capsys):
     from dreambooth_core.cli import main
-    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
 
     base = tmp_path / "tiny.safetensors"
@@ -166,7 +167,7 @@ def inject_out_of_memory(monkeypatch, at_step: int, error: BaseException) -> lis
 def test_out_of_memory_keeps_the_last_step_and_auto_resumes_once_with_the_next_saving(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from dreambooth_core.models.loading import save_single_file
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
     from dreambooth_core.train import run_training
 

@@ -16,19 +16,12 @@ from safetensors.torch import save, save_file
 
 from dreambooth_core.errors import FormatError, UserError
 from dreambooth_core.formats.checkpoint import ldm_state_dict
-from dreambooth_core.models import loading
+from dreambooth_core.models import load as model_load
 from dreambooth_core.models.detect import FAMILY_INDEX_KEY
-from dreambooth_core.models.loading import (
-    CONFIGS_METADATA_KEY,
-    configs_differ_from_family,
-    empty_base_model,
-    legacy_model_hash,
-    load_base_model,
-    model_configs,
-    model_hash,
-    save_diffusers,
-    save_single_file,
-)
+from dreambooth_core.models.configs import CONFIGS_METADATA_KEY, configs_differ_from_family, empty_base_model, model_configs
+from dreambooth_core.models.hashes import legacy_model_hash, model_hash
+from dreambooth_core.models.load import load_base_model
+from dreambooth_core.models.save import save_diffusers, save_single_file
 from dreambooth_core.models.tiny import tiny_base_model
 
 
@@ -126,7 +119,7 @@ def test_ckpt_is_read_without_unpickling_code(tmp_path, monkeypatch):
     torch.save({"state_dict": ldm_state_dict(model), "global_step": 470000}, ckpt)
     with pytest.raises(FormatError, match="non-standard sizes"):  # a .ckpt cannot carry its configs
         load_base_model(ckpt)
-    monkeypatch.setattr(loading, "shipped_configs", lambda family: model_configs(model))
+    monkeypatch.setattr(model_load, "shipped_configs", lambda family: model_configs(model))
     loaded = load_base_model(ckpt)
     assert torch.equal(unet_output(loaded), unet_output(model))
     evil = tmp_path / "evil.ckpt"

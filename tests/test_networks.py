@@ -201,7 +201,8 @@ def test_lora_merge_takes_networks_and_keeps_the_base_precision(tmp_path, capsys
 
     from dreambooth_core.cli import main
     from dreambooth_core.formats.networks import merge_network, read_network_file
-    from dreambooth_core.models.loading import load_base_model, save_single_file
+    from dreambooth_core.models.load import load_base_model
+    from dreambooth_core.models.save import save_single_file
 
     model, _ = trained_network("sd1", "lokr")
     modules = lycoris_from_peft_model(network_type("lokr"), model.unet, model.text_encoders, model.family)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from dreambooth_core.errors import OutputExistsError
-from dreambooth_core.publish import check_name_free, prompt_hint, publish
+from dreambooth_core.lifecycle import check_name_free, prompt_hint, publish
 
 
 def test_publish_places_file_atomically_and_refuses_overwrite(tmp_path):
@@ -56,7 +56,7 @@ def test_step_saves_are_delivered_as_name_step_n_only_when_asked(tmp_path):
     from test_train_support import tiny_config, train
 
     from dreambooth_core.config import ConfigError
-    from dreambooth_core.delivery import check_destination, deliver
+    from dreambooth_core.lifecycle import check_destination, deliver
 
     cfg = tiny_config(tmp_path, max_train_steps=3, checkpointing_steps=1, publish_step_saves=True)
     result, _, _ = train(cfg)
@@ -85,7 +85,7 @@ def test_step_saves_are_delivered_as_name_step_n_only_when_asked(tmp_path):
 
 
 def test_a_cancelled_runs_save_is_never_a_step_save(tmp_path):
-    from dreambooth_core.delivery import step_saves
+    from dreambooth_core.lifecycle import step_saves
     from dreambooth_core.events import Artifact
 
     from test_train_support import tiny_config

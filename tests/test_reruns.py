@@ -1,4 +1,4 @@
-"""dreambooth_core.reruns: the same training asked for again is resumed or reused, never mixed up."""
+"""dreambooth_core.lifecycle.plan: the same training asked for again is resumed or reused, never mixed up."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 from dreambooth_core.config import TrainConfig
 from dreambooth_core.events import Artifact, Preview
 from dreambooth_core.jobs import RunState
-from dreambooth_core.reruns import (Published, finished_run, identity, placed_by_a_run, plan_run, record_finished,
-                                    recorded_run, source_signature)
+from dreambooth_core.lifecycle.plan import (Published, finished_run, identity, placed_by_a_run, plan_run, record_finished,
+                                              recorded_run, source_signature)
 
 SOURCES = {"base_model": "abc", "images": "def"}
 

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from dreambooth_core.errors import FamilyError
 from dreambooth_core.families import get_family
 from dreambooth_core.formats.checkpoint import ldm_state_dict
-from dreambooth_core.models.loading import empty_base_model, load_base_model, shipped_configs
+from dreambooth_core.models.configs import empty_base_model, shipped_configs
+from dreambooth_core.models.load import load_base_model
 from dreambooth_core.models.shapes import unet_config_from_shapes
 
 TRIMMED = {   # standard SD1 widths, two levels of one res block, depth-2 transformers, no mid block

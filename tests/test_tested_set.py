@@ -127,12 +127,12 @@ def test_a_host_names_its_own_fix_and_torch_is_left_to_the_host(monkeypatch):
 
 
 def test_a_run_stops_at_the_door_before_any_model_loads(monkeypatch, tmp_path):
-    import dreambooth_core.models.loading as loading
+    import dreambooth_core.models.load as model_load
     from dreambooth_core.config import TrainConfig
 
     wrong = out_of_range_env()
     monkeypatch.setattr(env, "probe", lambda python=None: wrong)
-    monkeypatch.setattr(loading, "load_base_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(model_load, "load_base_model", lambda *a, **k: pytest.fail("a model was loaded"))
     events = []
     cfg = TrainConfig(method="lora", base_model=str(tmp_path / "m.safetensors"), instance_data_dir=str(tmp_path),
                       token="zwx", class_noun="dog", output_dir=str(tmp_path / "out"))

@@ -49,7 +49,7 @@ def test_bundled_file_is_one_small_sd1_single_file() -> None:
 def test_loads_offline_through_the_generic_loader_as_sd1() -> None:
     """A fresh interpreter with the hub switched off: nothing may be downloaded."""
     code = (
-        "from dreambooth_core.models.loading import load_base_model\n"
+        "from dreambooth_core.models.load import load_base_model\n"
         "from dreambooth_core.toy.model import TOY_MODEL_PATH\n"
         "m = load_base_model(TOY_MODEL_PATH)\n"
         "print(m.family.name, type(m.unet).__name__, type(m.vae).__name__, type(m.text_encoders[0]).__name__,"

@@ -27,7 +27,8 @@ def trained_weights(result, step):
 
 # ---- the public entry point ----------------------------------------------------------------
 def test_run_training_loads_the_base_model_file(tmp_path):
-    from dreambooth_core.models.loading import file_sha256, save_single_file
+    from dreambooth_core.models.hashes import file_sha256
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.models.tiny import tiny_base_model
     from dreambooth_core.train import RunResult, run_training
 

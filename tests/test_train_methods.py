@@ -68,7 +68,7 @@ def test_lora_with_text_encoders_and_conv_layers(tmp_path, family):
 
 @pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_dreambooth(tmp_path, family):
-    from dreambooth_core.models.loading import load_base_model
+    from dreambooth_core.models.load import load_base_model
 
     cfg = tiny_config(tmp_path, method="dreambooth", learning_rate=1e-3, save_dtype="fp32")
     result, _, trained = train(cfg, family)
@@ -85,7 +85,7 @@ def test_dreambooth(tmp_path, family):
 
 @pytest.mark.slow
 def test_dreambooth_with_text_encoder_and_diffusers_folder(tmp_path):
-    from dreambooth_core.models.loading import load_base_model
+    from dreambooth_core.models.load import load_base_model
 
     cfg = tiny_config(tmp_path, method="dreambooth", learning_rate=1e-3, save_dtype="fp32", train_text_encoder=True,
                       save_formats=["single-file", "diffusers"])
@@ -166,8 +166,9 @@ def test_bf16_runs_load_frozen_parts_in_bf16_and_keep_what_is_saved_exact(tmp_pa
     fp32. DreamBooth: everything it saves again stays fp32, so the untouched VAE is exact."""
     from test_train_support import Recorder
 
-    from dreambooth_core.models import loading
-    from dreambooth_core.models.loading import load_base_model, save_single_file
+    from dreambooth_core.models import load as model_load
+    from dreambooth_core.models.load import load_base_model
+    from dreambooth_core.models.save import save_single_file
     from dreambooth_core.train.loop import Trainer
 
     loaded_dtypes = []
@@ -177,7 +178,7 @@ def test_bf16_runs_load_frozen_parts_in_bf16_and_keep_what_is_saved_exact(tmp_pa
         loaded_dtypes.append({n: m.dtype for n, m in (("unet", model.unet), ("vae", model.vae))})
         return model
 
-    monkeypatch.setattr(loading, "load_base_model", recording_load)
+    monkeypatch.setattr(model_load, "load_base_model", recording_load)
 
     base = tiny_base_model("sd1", seed=7)
     path = save_single_file(base, tmp_path / "base.safetensors", dtype="fp32")

@@ -55,7 +55,9 @@ def stored_dtype(src: Path, unsafe_pickle: bool = False) -> str:
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from ..models.loading import load_base_model, save_diffusers, save_single_file, torch_dtype
+    from ..models.configs import torch_dtype
+    from ..models.load import load_base_model
+    from ..models.save import save_diffusers, save_single_file
 
     transformers_logging.disable_progress_bar()  # one result line, not a bar per text encoder
     src, out = Path(args.src), Path(args.out)

@@ -31,7 +31,7 @@ def _check_paths(out: Path, overwrite: bool, *sources: Path) -> None:
 def _load(path: str, family: str | None, dtype: str):
     from transformers.utils import logging as transformers_logging
 
-    from ..models.loading import load_base_model
+    from ..models.load import load_base_model
 
     transformers_logging.disable_progress_bar()
     return load_base_model(path, family=family, dtype=dtype)
@@ -61,7 +61,7 @@ def run_merge(args: argparse.Namespace) -> int:
     from ..formats.lora import read_lora
     from ..formats.lora_tools import merge_loras
     from ..formats.networks import merge_network, read_network_file
-    from ..models.loading import save_single_file
+    from ..models.save import save_single_file
     from .convert import stored_dtype
 
     out = Path(args.out)

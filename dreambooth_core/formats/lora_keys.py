@@ -196,7 +196,7 @@ def names_for_model(model: "BaseModel") -> KohyaNames:
 @functools.lru_cache(maxsize=None)
 def names_for_family(family_name: str) -> KohyaNames:
     """The key map of the family's full-size architecture (built on the meta device, no memory)."""
-    from ..models.loading import empty_base_model
+    from ..models.configs import empty_base_model
 
     fam = get_family(family_name)
     return build_kohya_names(model_parts(empty_base_model(fam)), fam)
@@ -214,13 +214,13 @@ def module_name_from_kohya(kohya_key: str, family: Family | str, model: "BaseMod
 
 @functools.lru_cache(maxsize=None)
 def _shipped_unet_config(family_name: str) -> dict[str, Any]:
-    from ..models.loading import shipped_configs
+    from ..models.configs import shipped_configs
 
     return shipped_configs(get_family(family_name))["unet"]
 
 
 def _build_meta_part(family: Family, part: str, unet_config: Mapping[str, Any] | None) -> "torch.nn.Module":
-    from ..models.loading import empty_base_model, shipped_configs
+    from ..models.configs import empty_base_model, shipped_configs
 
     configs = shipped_configs(family)
     if unet_config is not None:

@@ -67,7 +67,7 @@ class Method:
         compute dtype, so no full fp32 copy of them ever exists."""
         import torch
 
-        from ..models.loading import COMPONENTS
+        from ..models.configs import COMPONENTS
 
         keep = cls.full_precision_components(config)
         return {c: torch.float32 if c in keep else weight_dtype for c in COMPONENTS}

@@ -23,7 +23,7 @@ class DreamBoothMethod(Method):
 
     @classmethod
     def full_precision_components(cls, config: "TrainConfig") -> tuple[str, ...]:
-        from ..models.loading import COMPONENTS
+        from ..models.configs import COMPONENTS
 
         return COMPONENTS  # the UNet trains and the whole model is saved again
 
@@ -45,7 +45,7 @@ class DreamBoothMethod(Method):
 
     def save(self, info: SaveInfo) -> list["Artifact"]:
         from ..events import Artifact
-        from ..models.loading import save_diffusers, save_single_file
+        from ..models.save import save_diffusers, save_single_file
 
         # save_single_file adds the architecture facts (modelspec.architecture, prediction type)
         meta = {**self.common_metadata(info), "modelspec.title": info.stem,

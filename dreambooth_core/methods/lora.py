@@ -74,7 +74,7 @@ class LoraMethod(Method):
     def plain_architecture(self):
         """This model's module tree without the injected adapters (on the meta device: free),
         which is what peft-layout module names refer to."""
-        from ..models.loading import empty_base_model, model_configs
+        from ..models.configs import empty_base_model, model_configs
 
         return empty_base_model(self.model.family, model_configs(self.model))
 

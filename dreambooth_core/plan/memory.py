@@ -84,7 +84,7 @@ class UnreadableWithoutLoading(UserError):
 def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tuple["Family", dict[str, Any]]:
     """(family, component configs) of the run's model, without loading any weights."""
     from ..families import get_family
-    from ..models.loading import model_configs, shipped_configs
+    from ..models.configs import model_configs, shipped_configs
 
     if model is not None:
         return model.family, model_configs(model)
@@ -113,7 +113,7 @@ def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tup
     from ..fileio import read_safetensors_metadata, read_shapes
     from ..formats.checkpoint import normalized_key_names
     from ..models.detect import detect_family
-    from ..models.loading import _configs_from_metadata
+    from ..models.configs import _configs_from_metadata
 
     shapes, metadata = read_shapes(path), read_safetensors_metadata(path)
     names = normalized_key_names(shapes)

@@ -52,7 +52,7 @@ def simulate_step(config: "TrainConfig", family: "Family", configs: dict[str, An
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from ..methods import get_method
-    from ..models.loading import empty_base_model
+    from ..models.configs import empty_base_model
     from ..train.loop import build_optimizer
     from ..train.packed_convs import packing_cost
     from ..train.prompts import PromptCache

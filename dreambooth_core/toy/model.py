@@ -73,6 +73,6 @@ def build_toy_model(seed: int = 0) -> "BaseModel":
 
 def load_toy_model(path: str | Path = TOY_MODEL_PATH, dtype: str = "fp32") -> "BaseModel":
     """The bundled toy model (offline; fp16 on disk, `dtype` in memory)."""
-    from ..models.loading import load_base_model
+    from ..models.load import load_base_model
 
     return load_base_model(path, family=FAMILY, dtype=dtype)

@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from ..fileio import check_output
-    from ..models.loading import save_single_file
+    from ..models.save import save_single_file
 
     parser = argparse.ArgumentParser(prog="python -m dreambooth_core.toy.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="the .safetensors single file to write")

@@ -92,7 +92,7 @@ def build_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opti
 def file_identity(path: Path) -> str:
     """sha256 of a model file (A1111's model hash; its first 10 hex digits are the short hash),
     or of a diffusers folder's weight files."""
-    from ..models.loading import file_sha256
+    from ..models.hashes import file_sha256
 
     if path.is_file():
         return file_sha256(path)
@@ -323,7 +323,7 @@ class Trainer:
     def _load_model(self) -> "BaseModel":
         if self.model is None:
             from ..fileio import unsafe_pickle_requested
-            from ..models.loading import load_base_model
+            from ..models.load import load_base_model
 
             from ..methods import get_method
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 from dreambooth_core.config import PATH_KEYS, check_client_limits, client_paths, load_config
-from dreambooth_core.delivery import check_destination
+from dreambooth_core.lifecycle import check_destination
 from dreambooth_core.errors import OutputExistsError, UserError
 from dreambooth_core.paths import OutsideRoots, contained
 

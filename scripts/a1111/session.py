@@ -5,7 +5,8 @@ stays imported), so a run keeps training and the rebuilt tab finds it again. Run
 through the core's `JobManager` in worker mode — one at a time, a short queue behind it —
 so training never shares the WebUI's Python packages or its memory. Before the first run
 the WebUI's model leaves the GPU; after the last one it comes back; each finished run's
-file is published into the WebUI's folder for its kind and that list is refreshed.
+file is published into the WebUI's folder for its kind by the core's lifecycle
+(`check_start` before, `deliver` after) and that list is refreshed.
 """
 from __future__ import annotations
 
@@ -17,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from dreambooth_core.config import TrainConfig
-from dreambooth_core.delivery import Delivered, check_destination, deliver
 from dreambooth_core.environment import FIX_HINT_ENV
 from dreambooth_core.errors import UserError
 from dreambooth_core.events import Event, Progress, Started
 from dreambooth_core.jobs import Job, JobManager
-from dreambooth_core.train.run_dir import RunDir
+from dreambooth_core.lifecycle import Delivered, check_start, deliver, filled_lists, loss_history
 
 from . import host
 
@@ -60,9 +60,7 @@ class Session:
         Raises UserError before anything starts when the result would overwrite a file, a
         fresh run would mix into an earlier run's folder, or the training environment is missing.
         """
-        check_destination(config, host.output_folders())
-        if not config.resume_from:
-            RunDir.for_config(config).check_fresh(config.overwrite)
+        check_start(config, host.output_folders())
         python = host.worker_python()
         if not Path(python).is_file() and shutil.which(python) is None:
             raise UserError(f"the training environment is not set up ({python} is missing): restart the WebUI so that "
@@ -113,7 +111,7 @@ class Session:
     def _on_event(self, job: Job, event: Event) -> None:
         rec = self.record(job.id)
         if isinstance(event, Started) and event.start_step:
-            earlier = _loss_history(Path(event.run_dir), event.start_step)
+            earlier = loss_history(event.run_dir, event.start_step)
             with self._lock:
                 rec.losses[:0] = earlier
         elif isinstance(event, Progress) and event.phase == "train" and event.loss is not None:
@@ -130,8 +128,8 @@ class Session:
                     rec.notes.append(f"the run finished but reported no file for the WebUI: look in {job.run_dir}")
         if self.manager.current is None:
             self._restore_model()
-        for kind, folder in dict.fromkeys((item.kind, Path(item.path).parent) for item in rec.delivered if item.path):
-            self._note(rec, _refresh(kind, folder))  # once per list, however many step saves went there
+        for kind, folder in filled_lists(rec.delivered):
+            self._note(rec, _refresh(kind, folder))
         with self._lock:
             rec.settled = True
 
@@ -156,15 +154,6 @@ def _refresh(kind: str, folder: Path) -> str:
     if not host.is_scanned(kind, folder):
         said += f"; but the WebUI does not list {kind} files from {folder}: move the file or change Settings → DreamBooth"
     return said
-
-
-def _loss_history(run_dir: Path, up_to: int) -> list[tuple[int, float]]:
-    """A resumed run's earlier losses, from its loss.csv."""
-    try:
-        rows = RunDir(run_dir).read_loss()
-        return [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss") and int(r["step"]) <= up_to]
-    except (OSError, ValueError, KeyError):
-        return []
 
 
 _session: Session | None = None

@@ -1,32 +1,14 @@
-"""Putting a finished artifact where a host looks for it, and telling the user how to use it.
-
-Both host adapters need the same three things — the folder kind of each artifact, an
-atomic copy into the host's folder that never overwrites by accident, and the prompt
-text for that host — so they live here, in the core.
-"""
+"""Putting a finished artifact where a host looks for it: an atomic copy into the host's
+folder that never overwrites by accident."""
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
 
-from .errors import OutputExistsError, UserError
-from .fileio import atomic_path, clean_stale_temps
-from .registry import KINDS
-
-# Artifact kinds (events.Artifact.kind) that a host lists, and the suffix each is saved with.
-HOST_KINDS = {name: kind.suffix for name, kind in KINDS.items()}
-
-
-def prompt_hint(kind: str, name: str, host: str = "a1111") -> str:
-    """The text to put in a prompt (or the model to pick) to use `name` in `host`."""
-    return KINDS[kind].hint(name, host) if kind in KINDS else name
-
-
-def destination(kind: str, name: str, folder: str | os.PathLike) -> Path:
-    if kind not in HOST_KINDS:
-        raise UserError(f"a {kind} is not something a host lists")
-    return Path(folder) / f"{name}{HOST_KINDS[kind]}"
+from ..errors import OutputExistsError, UserError
+from ..fileio import atomic_path, clean_stale_temps
+from .names import destination
 
 
 def check_name_free(kind: str, name: str, folder: str | os.PathLike) -> Path:

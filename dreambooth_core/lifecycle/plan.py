@@ -10,7 +10,7 @@ same settings is recognised from its record and reused without training.
     plan = plan_run(config, root, sources={"base_model": ..., "instance_data_dir": ...})
     plan.action            # "fresh" | "resume" | "reuse"
     run plan.config …      # output_dir, resume_from and overwrite are set for this run
-    record_finished(plan, job.result, published=[...])
+    record_finished(plan, finished_run(job.result))   # KeptRuns.publish: places its files, then records
 """
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .delivery import is_step_save
-from .events import Artifact
-from .fileio import write_text_atomic
-from .jobs.state import RunState
-from .train.run_dir import RunDir
-from .train.state import RESUME_KEYS, state_dirs
+from ..config import TrainConfig
+from ..events import Artifact
+from ..fileio import write_text_atomic
+from ..jobs.state import RunState
+from ..train.run_dir import RunDir
+from ..train.state import RESUME_KEYS, state_dirs
+from .names import is_step_save
 
 RECORD_FILE = "finished.json"
 # Settings that make two runs the same run. Others (steps, learning rate, number of class
