@@ -229,12 +229,10 @@ def _open_tensors(path: Path, unsafe_pickle: bool) -> Iterator[tuple[dict[str, t
         yield reader.shapes, dict(reader.metadata), reader.get
 
 
-def _configs_from_shapes(shapes: dict[str, tuple[int, ...]], family: Family, what: str) -> dict[str, dict[str, Any]]:
-    """The family's configs, with an SD1/SD2 UNet's structure read from the file (trimmed and
-    distilled models: fewer levels or res blocks, another transformer depth, no mid block)."""
-    configs = shipped_configs(family)
-    if family.is_sdxl:
-        return configs
+def _configs_from_shapes(shapes: dict[str, tuple[int, ...]], configs: dict[str, dict[str, Any]], family: Family,
+                         what: str) -> dict[str, dict[str, Any]]:
+    """`configs` with the UNet's structure read from the file (trimmed and distilled models:
+    fewer levels or res blocks, other transformer depths, no mid block)."""
     unet = unet_config_from_shapes(shapes, configs["unet"], family, what)
     if unet != configs["unet"]:
         changed = {k: v for k, v in unet.items() if configs["unet"].get(k) != v}
@@ -252,7 +250,8 @@ def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsaf
             return get_stored(names[key])
 
         fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=family, what=str(path))
-        configs = _configs_from_metadata(metadata, fam, str(path)) or _configs_from_shapes(shapes, fam, str(path))
+        configs = _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
+        configs = _configs_from_shapes(shapes, configs, fam, str(path))
         configs["scheduler"] = {**configs["scheduler"], "prediction_type": fam.prediction_type}
         modules = _empty_components(fam, configs)
         extras = load_ldm_state(modules, fam, shapes.keys(), get, component_dtypes(dtype, modules), source=str(path))
