@@ -28,7 +28,7 @@ from ..fileio import (SafetensorsReader, check_output, clean_stale_temps, load_s
                       temp_name, write_failure)
 from ..paths import PathRefused, is_owned, make_owned_folder
 from .base import BaseModel
-from .detect import FAMILY_INDEX_KEY, detect_diffusers_family, detect_family
+from .detect import FAMILY_INDEX_KEY, detect_diffusers_family, detect_family, scheduler_settings
 from .shapes import unet_config_from_shapes
 from .tokenizers import family_tokenizers, write_tokenizer_folder
 
@@ -82,7 +82,7 @@ def shipped_configs(family: Family) -> dict[str, dict[str, Any]]:
     """The family's component configs shipped in the package (no weights, no network)."""
     root = family.config_dir
     out = {name: _json(root / name / "config.json") for name in ("unet", "vae", *family.text_encoders)}
-    out["scheduler"] = _json(root / "scheduler" / "scheduler_config.json")
+    out["scheduler"] = family.scheduler_config()
     return out
 
 
@@ -252,7 +252,7 @@ def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsaf
         fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=family, what=str(path))
         configs = _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
         configs = _configs_from_shapes(shapes, configs, fam, str(path))
-        configs["scheduler"] = {**configs["scheduler"], "prediction_type": fam.prediction_type}
+        configs["scheduler"] = {**configs["scheduler"], **scheduler_settings(fam, shapes)}
         modules = _empty_components(fam, configs)
         extras = load_ldm_state(modules, fam, shapes.keys(), get, component_dtypes(dtype, modules), source=str(path))
     derived = configs["unet"] != shipped_configs(fam)["unet"]
