@@ -41,7 +41,7 @@ class TrainConfig:
     # what and on what
     method: str = "lora"                 # registry.METHODS
     base_model: str = ""
-    family: str | None = None            # override detection: sd1, sd2, sd2-v, sdxl
+    family: str | None = None            # override detection: a name of families.FAMILIES (sd2-v, sdxl-v: v-prediction)
 
     # the concept
     instance_data_dir: str = ""

@@ -83,7 +83,7 @@ class UnreadableWithoutLoading(UserError):
 
 def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tuple["Family", dict[str, Any]]:
     """(family, component configs) of the run's model, without loading any weights."""
-    from ..families import get_family
+    from ..families import FAMILIES, get_family
     from ..models.loading import model_configs, shipped_configs
 
     if model is not None:
@@ -91,7 +91,7 @@ def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tup
     path = Path(config.base_model) if config.base_model else None
     if path is None or not path.exists():
         if config.family is None:
-            raise UserError("nothing to plan for: give base_model (a model file) or a family (sd1, sd2, sd2-v, sdxl)")
+            raise UserError(f"nothing to plan for: give base_model (a model file) or a family ({', '.join(FAMILIES)})")
         fam = get_family(config.family)
         return fam, shipped_configs(fam)
     if path.is_dir():
