@@ -212,3 +212,14 @@ def test_an_ssd1b_like_sdxl_checkpoint_trains_with_every_method(tmp_path_factory
         saved = load_base_model(result.outputs[0].path)
         assert saved.unet.config.reverse_transformer_layers_per_block == SSD1B_TINY["reverse_transformer_layers_per_block"]
         assert [k for k, v in trained.unet.state_dict().items() if not torch.equal(v, before[k])]
+
+
+def test_the_memory_planner_reads_the_same_structure_from_the_header(tmp_path):
+    from test_train_support import tiny_config
+
+    from dreambooth_core.plan.memory import architecture
+
+    write_ssd1b_like(tmp_path / "ssd.safetensors")
+    family, configs = architecture(tiny_config(tmp_path, base_model=str(tmp_path / "ssd.safetensors")))
+    assert family.name == "sdxl"
+    assert configs["unet"]["reverse_transformer_layers_per_block"] == SSD1B_TINY["reverse_transformer_layers_per_block"]

@@ -229,15 +229,19 @@ def _open_tensors(path: Path, unsafe_pickle: bool) -> Iterator[tuple[dict[str, t
         yield reader.shapes, dict(reader.metadata), reader.get
 
 
-def _configs_from_shapes(shapes: dict[str, tuple[int, ...]], configs: dict[str, dict[str, Any]], family: Family,
-                         what: str) -> dict[str, dict[str, Any]]:
-    """`configs` with the UNet's structure read from the file (trimmed and distilled models:
-    fewer levels or res blocks, other transformer depths, no mid block)."""
+def single_file_configs(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], family: Family,
+                        what: str) -> dict[str, dict[str, Any]]:
+    """The component configs of a single file of `family`: those its metadata records (else
+    the family's), with the UNet's structure read from its tensors (trimmed and distilled
+    models: fewer levels or res blocks, other transformer depths, no mid block) and the
+    schedule its markers give (v-prediction, zero terminal SNR)."""
+    configs = _configs_from_metadata(dict(metadata), family, what) or shipped_configs(family)
     unet = unet_config_from_shapes(shapes, configs["unet"], family, what)
     if unet != configs["unet"]:
         changed = {k: v for k, v in unet.items() if configs["unet"].get(k) != v}
-        log.info("%s: a UNet of non-standard structure, read from its tensors: %s", what, json.dumps(changed))
+        log.info("%s: the UNet structure read from its tensors: %s", what, json.dumps(changed))
     configs["unet"] = unet
+    configs["scheduler"] = {**configs["scheduler"], **scheduler_settings(family, shapes)}
     return configs
 
 
@@ -250,9 +254,7 @@ def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsaf
             return get_stored(names[key])
 
         fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=family, what=str(path))
-        configs = _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
-        configs = _configs_from_shapes(shapes, configs, fam, str(path))
-        configs["scheduler"] = {**configs["scheduler"], **scheduler_settings(fam, shapes)}
+        configs = single_file_configs(shapes, metadata, fam, str(path))
         modules = _empty_components(fam, configs)
         extras = load_ldm_state(modules, fam, shapes.keys(), get, component_dtypes(dtype, modules), source=str(path))
     derived = configs["unet"] != shipped_configs(fam)["unet"]

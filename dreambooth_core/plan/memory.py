@@ -113,12 +113,12 @@ def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tup
     from ..fileio import read_safetensors_metadata, read_shapes
     from ..formats.checkpoint import normalized_key_names
     from ..models.detect import detect_family
-    from ..models.loading import _configs_from_metadata
+    from ..models.loading import single_file_configs
 
-    shapes, metadata = read_shapes(path), read_safetensors_metadata(path)
-    names = normalized_key_names(shapes)
-    fam = detect_family({k: shapes[old] for k, old in names.items()}, metadata, path.with_suffix(".yaml"), requested=config.family, what=str(path))
-    return fam, _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
+    stored, metadata = read_shapes(path), read_safetensors_metadata(path)
+    shapes = {k: stored[old] for k, old in normalized_key_names(stored).items()}
+    fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=config.family, what=str(path))
+    return fam, single_file_configs(shapes, metadata, fam, str(path))
 
 
 def cache_bytes(config: "TrainConfig", family: "Family", resolution: int, configs_vae_blocks: list) -> int:
