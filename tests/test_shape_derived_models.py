@@ -56,8 +56,8 @@ def test_trimmed_unets_are_read_from_their_shapes(family, unet):
     assert derived == configs["unet"]
 
 
-SSD1B_LIKE = {   # ComfyUI's SSD-1B depths [0, 0, 2, 2, 4, 4] on the down side, another order going up
-    "transformer_layers_per_block": [[1, 1], [2, 2], [4, 4]],
+SSD1B_LIKE = {   # ComfyUI's SSD-1B depths [0, 0, 2, 2, 4, 4] on the down side, another order going up, one res block mid
+    "mid_block_type": "UNetMidBlock2D", "transformer_layers_per_block": [[1, 1], [2, 2], [4, 4]],
     "reverse_transformer_layers_per_block": [[4, 4, 10], [2, 1, 1], [1, 1, 1]],
 }
 VEGA_LIKE = {"transformer_layers_per_block": [1, 1, 2]}   # ComfyUI's Segmind Vega: [0, 0, 1, 1, 2, 2]
@@ -157,7 +157,7 @@ def ldm_unet_name(name: str, per_level: int, attention_up: list[bool]) -> str:
     return "model.diffusion_model." + ".".join(parts)
 
 
-SSD1B_TINY = {"transformer_layers_per_block": [[1, 1], [2, 1]], "reverse_transformer_layers_per_block": [[1, 2, 2], [1, 1, 1]]}
+SSD1B_TINY = {"mid_block_type": "UNetMidBlock2D", "transformer_layers_per_block": [[1, 1], [2, 1]], "reverse_transformer_layers_per_block": [[1, 2, 2], [1, 1, 1]]}
 
 
 def write_ssd1b_like(path, seed=0):
@@ -189,6 +189,7 @@ def test_an_ssd1b_like_sdxl_file_is_detected_from_its_tensors(tmp_path):
     assert model.unet.config.transformer_layers_per_block == SSD1B_TINY["transformer_layers_per_block"]
     assert model.unet.config.reverse_transformer_layers_per_block == SSD1B_TINY["reverse_transformer_layers_per_block"]
     assert [len(a.transformer_blocks) for b in model.unet.up_blocks for a in getattr(b, "attentions", [])] == [1, 2, 2]
+    assert model.unet.config.mid_block_type == "UNetMidBlock2D" and len(model.unet.mid_block.resnets) == 1
     expected = unet.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in model.unet.state_dict().items())
     assert not [k for k in model.extras if k.startswith("model.diffusion_model.")]

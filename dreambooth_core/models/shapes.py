@@ -3,7 +3,7 @@
 Trimmed and distilled models keep the LDM key layout: SD1/SD2 ones with fewer down/up
 levels, fewer res blocks, another transformer depth or no mid block (BK-SDM, small-sd),
 SDXL ones with fewer transformer blocks per attention, which may differ from block to
-block and between the down and the up side (SSD-1B, Vega). The hosts load them by reading
+block and between the down and the up side, and a mid block of one res block (SSD-1B, Vega). The hosts load them by reading
 the structure off the keys, as ComfyUI's model detection does: the channels of each res
 block, the down-samplers that end a level, the transformer blocks behind each res block
 on both sides and in the mid block, the context width of the cross-attention. This module
@@ -142,7 +142,8 @@ def unet_config_from_shapes(shapes: Mapping[str, Any], standard: dict[str, Any],
     down = [lv.depths for lv in levels]
     found = _found(levels, up if any(map(any, up)) else None, mid if has_mid else None)
     _check_attention(down + up, found, what)
-    if has_mid and mid == 0:
+    resnet_only_mid = has_mid and not any(k.startswith(f"{PREFIX}middle_block.{i}.") for k in shapes for i in (1, 2))
+    if has_mid and mid == 0 and not resnet_only_mid:
         raise FamilyError(f"{what}: the UNet's mid block has no attention, which has no LDM layout here ({found})")
 
     config = copy.deepcopy(standard)
@@ -154,8 +155,8 @@ def unet_config_from_shapes(shapes: Mapping[str, Any], standard: dict[str, Any],
     config["up_block_types"] = ["CrossAttnUpBlock2D" if any(u) else "UpBlock2D" for u in up]
     config["in_channels"] = shapes[f"{PREFIX}input_blocks.0.0.weight"][1]
     config["out_channels"] = shapes[f"{PREFIX}out.2.weight"][0]
-    if not has_mid:
-        config["mid_block_type"] = None
+    if not has_mid or resnet_only_mid:   # SSD-1B's mid block is one res block
+        config["mid_block_type"] = "UNetMidBlock2D" if has_mid else None
     _transformer_layers(config, down, up, mid, found, what)
     to_k = next((v for k, v in shapes.items() if k.startswith(PREFIX) and k.endswith("attn2.to_k.weight")), None)
     if to_k is not None:
