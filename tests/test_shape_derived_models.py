@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dreambooth_core.errors import ConfigError, FamilyError
+from dreambooth_core.errors import FamilyError
 from dreambooth_core.families import get_family
 from dreambooth_core.formats.checkpoint import ldm_state_dict
 from dreambooth_core.models.loading import empty_base_model, load_base_model, shipped_configs

@@ -8,7 +8,6 @@ single file whose metadata carries these configs, so every layer treats it as fa
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
