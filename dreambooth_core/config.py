@@ -41,7 +41,7 @@ class TrainConfig:
     # what and on what
     method: str = "lora"                 # registry.METHODS
     base_model: str = ""
-    family: str | None = None            # override detection: sd1, sd2, sd2-v, sdxl
+    family: str | None = None            # override detection: a name of families.FAMILIES (sd2-v, sdxl-v: v-prediction)
 
     # the concept
     instance_data_dir: str = ""
@@ -230,8 +230,8 @@ class TrainConfig:
             validate_concepts(self, check_paths)
         if self.with_prior_preservation and self.num_class_images <= 0:
             raise ConfigError("num_class_images must be greater than 0 when with_prior_preservation is on")
-        if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
-            raise ConfigError(f"resolution must be a multiple of 8 and at least 64 (got {self.resolution})")
+        if self.resolution is not None and self.resolution <= 0:  # the multiple comes from the model (BaseModel.check_resolution)
+            raise ConfigError(f"resolution must be greater than 0, or left unset for the model's own (got {self.resolution})")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999, or left unset (got {self.ema_decay})")
         if self.publish_step_saves and not self.checkpointing_steps:

@@ -40,6 +40,8 @@ def make_scheduler(sampler: str, scheduler_config: dict[str, Any]):
         if not is_scipy_available():
             raise UserError("the lms sampler needs scipy: `pip install scipy`, or choose another sampler such as dpmpp_2m")
     cls_name, settings = SAMPLERS[sampler]
+    if scheduler_config.get("rescale_betas_zero_snr"):  # zero terminal SNR: sampling starts at the last timestep (Lin et al. 2023)
+        settings = {**settings, "timestep_spacing": "trailing"}
     return getattr(diffusers, cls_name).from_config(scheduler_config, **settings)
 
 

@@ -339,8 +339,10 @@ def test_sd2_prediction_type_comes_from_hints(full_shapes, tmp_path, caplog):
 def test_requested_family_must_match_layout(full_shapes):
     with pytest.raises(FamilyError, match="XL base model, but the family 'sd1' was requested"):
         detect_family(full_shapes("sdxl"), {}, None, requested="sd1")
-    with pytest.raises(FamilyError, match="v-prediction"):
-        detect_family(full_shapes("sdxl"), {"modelspec.prediction_type": "v"}, None)
+    assert detect_family(full_shapes("sdxl"), {"modelspec.prediction_type": "v"}, None).name == "sdxl-v"
+    assert detect_family({**full_shapes("sdxl"), "v_pred": (0,)}, {}, None).name == "sdxl-v"   # ComfyUI's marker
+    with pytest.raises(FamilyError, match="v-prediction Stable Diffusion 1.x model, which is not supported"):
+        detect_family(full_shapes("sd1"), {"modelspec.prediction_type": "v"}, None)
 
 
 def test_refuses_variants_we_cannot_train(full_shapes):

@@ -52,7 +52,7 @@ def test_every_key_is_settable_from_a_string():
     ({"rank": "abc"}, "rank expects an integer"),
     ({"with_prior_preservation": "maybe"}, "true or false"),
     ({"method": "dreambooth2"}, "method must be one of"),
-    ({"resolution": "100"}, "multiple of 8"),
+    ({"resolution": "-64"}, "greater than 0"),
     ({"max_train_steps": "0"}, "greater than 0"),
     ({"token": "two words"}, "one word"),
     ({"optimizer": "adam"}, "optimizer must be one of"),

@@ -12,8 +12,7 @@ def test_every_family_ships_its_component_configs():
         index = json.loads((fam.config_dir / "model_index.json").read_text())
         for component in ("unet", "vae", "scheduler", *fam.text_encoders, *fam.tokenizers):
             assert component in index, (fam.name, component)
-        sched = json.loads((fam.config_dir / "scheduler" / "scheduler_config.json").read_text())
-        assert sched["prediction_type"] == fam.prediction_type
+        assert fam.scheduler_config()["prediction_type"] == fam.prediction_type
         for te, dim in zip(fam.text_encoders, fam.context_dims):
             assert json.loads((fam.config_dir / te / "config.json").read_text())["hidden_size"] == dim
 

@@ -16,6 +16,7 @@ from safetensors.torch import save, save_file
 
 from dreambooth_core.errors import FormatError, UserError
 from dreambooth_core.formats.checkpoint import ldm_state_dict
+from dreambooth_core.models import configs as model_configs_module
 from dreambooth_core.models import load as model_load
 from dreambooth_core.models.detect import FAMILY_INDEX_KEY
 from dreambooth_core.models.configs import CONFIGS_METADATA_KEY, configs_differ_from_family, empty_base_model, model_configs
@@ -119,7 +120,8 @@ def test_ckpt_is_read_without_unpickling_code(tmp_path, monkeypatch):
     torch.save({"state_dict": ldm_state_dict(model), "global_step": 470000}, ckpt)
     with pytest.raises(FormatError, match="non-standard sizes"):  # a .ckpt cannot carry its configs
         load_base_model(ckpt)
-    monkeypatch.setattr(model_load, "shipped_configs", lambda family: model_configs(model))
+    for module in (model_configs_module, model_load):   # the standard configs, wherever they are read
+        monkeypatch.setattr(module, "shipped_configs", lambda family: model_configs(model))
     loaded = load_base_model(ckpt)
     assert torch.equal(unet_output(loaded), unet_output(model))
     evil = tmp_path / "evil.ckpt"

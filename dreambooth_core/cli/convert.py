@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", metavar="OUT", help="output .safetensors file or diffusers folder")
     p.add_argument("--to", choices=("single-file", "diffusers"), help="output format (default: from OUT's suffix)")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="weight precision of OUT (default: the source's)")
-    p.add_argument("--family", choices=tuple(FAMILIES), help="model family, when the file cannot tell (SD2 v-prediction: sd2-v)")
+    p.add_argument("--family", choices=tuple(FAMILIES), help="model family, when the file cannot tell (v-prediction: sd2-v, sdxl-v)")
     p.add_argument("--unsafe-pickle", action="store_true", help="allow .ckpt files that need full unpickling (runs code: trusted files only)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run)

@@ -34,11 +34,12 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..config import PRESETS
+    from ..families import FAMILIES
 
     p = sub.add_parser("plan", help="estimate a run's peak device memory, by part, without loading weights",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="a .toml, .json or .yaml config (optional with --family/--preset/--set)")
-    p.add_argument("--family", help="plan this family's standard architecture (sd1, sd2, sd2-v, sdxl)")
+    p.add_argument("--family", help=f"plan this family's standard architecture ({', '.join(FAMILIES)})")
     p.add_argument("--preset", metavar="NAME", help=f"start from these defaults ({', '.join(PRESETS)})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--vram", type=float, metavar="GB", help="free device memory: memory='auto' chooses the savings for it; exit 1 if it cannot fit")

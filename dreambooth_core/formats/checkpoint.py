@@ -98,6 +98,10 @@ def ldm_state_dict(model: "BaseModel", dtype: "torch.dtype | None" = None) -> di
             out[rule.ldm] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     for key, value in model.extras.items():
         out.setdefault(key, value)
+    from ..models.detect import prediction_markers
+
+    for key, value in prediction_markers(model.family, model.scheduler_config).items():
+        out.setdefault(key, value)
     return out
 
 

@@ -363,7 +363,7 @@ def require_match(weights: LoraWeights, model: "BaseModel", what: str = "LoRA") 
 def _require_family(weights: LoraWeights, family: Family | str | None) -> Family:
     fam = _as_family(family) or weights.family
     if fam is None:
-        raise UserError("the LoRA's model family is unknown (no metadata, no telling tensors): pass --family sd1|sd2|sd2-v|sdxl")
+        raise UserError("the LoRA's model family is unknown (no metadata, no telling tensors): pass --family " + "|".join(FAMILIES))
     allowed = {kohya_prefix(p, fam) for p in (UNET, *fam.text_encoders)}
     wrong = [k for k in weights.modules if (m := re.match(r"lora_(unet|te\d?)(?=_)", k)) is None or m[0] not in allowed]
     if wrong:

@@ -70,9 +70,12 @@ def _unet_map(layout_json: str) -> ModuleMap:
             block += 1
 
     mid_type = cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")
-    if mid_type not in (None, "UNetMidBlock2DCrossAttn"):
+    if mid_type not in (None, "UNetMidBlock2DCrossAttn", "UNetMidBlock2D"):
         raise KeyError(f"a UNet mid block of type {mid_type!r} has no LDM counterpart")
-    if mid_type:
+    if mid_type == "UNetMidBlock2D":  # one res block without attention (SSD-1B)
+        to_ldm["mid_block.resnets.0"] = "middle_block.0"
+        resnets.append("mid_block.resnets.0")
+    elif mid_type:
         to_ldm.update({
             "mid_block.resnets.0": "middle_block.0",
             "mid_block.attentions.0": "middle_block.1",

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
 from ..families import Family
 
 if TYPE_CHECKING:
@@ -39,6 +40,21 @@ class BaseModel:
     @property
     def prediction_type(self) -> str:
         return self.scheduler_config.get("prediction_type", self.family.prediction_type)
+
+    @property
+    def resolution_multiple(self) -> int:
+        """The pixel multiple a training resolution must be: what the VAE downsamples by
+        times what the UNet's down-samplers do (SD1/SD2: 8 x 8, SDXL: 8 x 4, a toy less)."""
+        vae = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    def check_resolution(self, resolution: int) -> None:
+        """Refuse a resolution whose latents the UNet cannot halve down to its last level and back."""
+        step = self.resolution_multiple
+        if resolution % step:
+            lower, upper = max(step, resolution // step * step), (resolution // step + 1) * step
+            raise ConfigError(f"resolution {resolution} is not a multiple of {step}, what this model's VAE and UNet "
+                              f"downsample by: use e.g. {lower} or {upper}")
 
     def noise_scheduler(self):
         """A fresh DDPM scheduler with this model's betas and prediction type (for training)."""

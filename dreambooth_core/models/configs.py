@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,10 +17,14 @@ from typing import TYPE_CHECKING, Any
 from ..errors import FormatError, UserError
 from ..families import Family, get_family
 from .base import BaseModel
+from .detect import scheduler_settings
+from .shapes import unet_config_from_shapes
 from .tokenizers import family_tokenizers
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 CONFIGS_METADATA_KEY = "dreambooth_core.configs"
 EXTRAS_FILE = "ldm_extras.safetensors"
@@ -66,7 +71,7 @@ def shipped_configs(family: Family) -> dict[str, dict[str, Any]]:
     """The family's component configs shipped in the package (no weights, no network)."""
     root = family.config_dir
     out = {name: _json(root / name / "config.json") for name in ("unet", "vae", *family.text_encoders)}
-    out["scheduler"] = _json(root / "scheduler" / "scheduler_config.json")
+    out["scheduler"] = family.scheduler_config()
     return out
 
 
@@ -130,6 +135,22 @@ def _configs_from_metadata(metadata: dict[str, str], family: Family, what: str) 
 
 
 # ---------------------------------------------------------------- building
+
+def single_file_configs(shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str], family: Family,
+                        what: str) -> dict[str, dict[str, Any]]:
+    """The component configs of a single file of `family`: those its metadata records (else
+    the family's), with the UNet's structure read from its tensors (trimmed and distilled
+    models: fewer levels or res blocks, other transformer depths, no mid block) and the
+    schedule its markers give (v-prediction, zero terminal SNR)."""
+    configs = _configs_from_metadata(dict(metadata), family, what) or shipped_configs(family)
+    unet = unet_config_from_shapes(shapes, configs["unet"], family, what)
+    if unet != configs["unet"]:
+        changed = {k: v for k, v in unet.items() if configs["unet"].get(k) != v}
+        log.info("%s: the UNet structure read from its tensors: %s", what, json.dumps(changed))
+    configs["unet"] = unet
+    configs["scheduler"] = {**configs["scheduler"], **scheduler_settings(family, shapes)}
+    return configs
+
 
 def _text_encoder_class(family: Family, index: int):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection

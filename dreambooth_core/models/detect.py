@@ -4,7 +4,9 @@ Single files are recognised by their key layout (the same facts A1111 and ComfyU
 SDXL has two `conditioner.embedders`, SD2 an OpenCLIP `cond_stage_model.model`, SD1 a
 transformers `cond_stage_model.transformer`. SD2's v-prediction cannot be read from the
 layout, so it comes from modelspec metadata, a `<stem>.yaml` beside the file
-(`parameterization: "v"`, as A1111 reads it) or an explicit `--family`.
+(`parameterization: "v"`, as A1111 reads it) or an explicit `--family`. SDXL v-prediction
+models (NoobAI-XL v-pred) carry ComfyUI's marker tensors: `v_pred`, and `ztsnr` when the
+model was trained with zero-terminal-SNR betas; files written here keep them.
 """
 from __future__ import annotations
 
@@ -13,9 +15,13 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FamilyError, FormatError
 from ..families import FAMILIES, Family, get_family
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +29,8 @@ UNET_INPUT = "model.diffusion_model.input_blocks.0.0.weight"
 FAMILY_INDEX_KEY = "_dreambooth_core_family"  # our own model_index.json entry (diffusers ignores "_" keys)
 _LORA_MARKERS = ("lora_unet_", "lora_te", ".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", ".hada_w1", ".lokr_w1", "lora.down.")
 _EMBEDDING_KEYS = {"emb_params", "clip_l", "clip_g", "string_to_param.*"}
+V_PRED_KEY = "v_pred"   # ComfyUI's markers of an SDXL v-prediction model (and of zero terminal SNR)
+ZTSNR_KEY = "ztsnr"
 
 
 def family_group(family: Family) -> str:
@@ -111,6 +119,8 @@ def _choose(group: str, prediction: str | None, requested: str | Family | None, 
                 "For a 768-v model pass --family sd2-v or put a <name>.yaml with parameterization: \"v\" beside it", what,
             )
         return FAMILIES["sd2-v" if prediction == "v_prediction" else "sd2"]
+    if prediction == "v_prediction" and group == "sdxl":
+        return FAMILIES["sdxl-v"]
     if prediction == "v_prediction":
         raise FamilyError(f"{what} is a v-prediction {FAMILIES[group].title} model, which is not supported")
     return FAMILIES[group]
@@ -128,7 +138,29 @@ def detect_family(
     `requested` (an explicit --family) settles SD2 vs SD2-v but must agree with the layout.
     """
     group = _layout_group(shapes, what)
-    return _choose(group, prediction_hint(metadata, yaml_path), requested, what)
+    prediction = "v_prediction" if V_PRED_KEY in shapes else prediction_hint(metadata, yaml_path)
+    return _choose(group, prediction, requested, what)
+
+
+def scheduler_settings(family: Family, shapes: Mapping[str, Any]) -> dict[str, Any]:
+    """What a single file's model says about its noise schedule: the family's prediction
+    type, and zero-terminal-SNR betas for a v-prediction model marked `ztsnr` (as ComfyUI
+    samples it; eps cannot be predicted at zero SNR, so the marker means nothing there)."""
+    out: dict[str, Any] = {"prediction_type": family.prediction_type}
+    if family.prediction_type == "v_prediction" and ZTSNR_KEY in shapes:
+        out["rescale_betas_zero_snr"] = True
+    return out
+
+
+def prediction_markers(family: Family, scheduler_config: Mapping[str, Any]) -> dict[str, "torch.Tensor"]:
+    """The marker tensors an SDXL single file needs for the hosts to load it as v-prediction
+    (with zero-terminal-SNR betas): ComfyUI reads them by key; the values do not matter."""
+    import torch
+
+    if not family.is_sdxl or scheduler_config.get("prediction_type") != "v_prediction":
+        return {}
+    keys = [V_PRED_KEY] + ([ZTSNR_KEY] if scheduler_config.get("rescale_betas_zero_snr") else [])
+    return {k: torch.tensor([]) for k in keys}
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -9,7 +9,6 @@ through `models.save` reproduces the source file exactly.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -21,10 +20,9 @@ from ..families import Family
 from ..formats.checkpoint import UNET_PREFIX, load_ldm_state, normalized_key_names
 from ..fileio import SafetensorsReader, load_state_dict, require_file
 from .base import BaseModel
-from .configs import (CONFIGS_METADATA_KEY, EXTRAS_FILE, _bundle, _configs_from_metadata, _empty_components, _json,
-                      _text_encoder_class, component_dtypes, shipped_configs)
+from .configs import (CONFIGS_METADATA_KEY, EXTRAS_FILE, _bundle, _empty_components, _json, _text_encoder_class,
+                      component_dtypes, shipped_configs, single_file_configs)
 from .detect import FAMILY_INDEX_KEY, detect_diffusers_family, detect_family
-from .shapes import unet_config_from_shapes
 from .tokenizers import family_tokenizers
 
 if TYPE_CHECKING:
@@ -44,20 +42,6 @@ def _open_tensors(path: Path, unsafe_pickle: bool) -> Iterator[tuple[dict[str, t
         yield reader.shapes, dict(reader.metadata), reader.get
 
 
-def _configs_from_shapes(shapes: dict[str, tuple[int, ...]], family: Family, what: str) -> dict[str, dict[str, Any]]:
-    """The family's configs, with an SD1/SD2 UNet's structure read from the file (trimmed and
-    distilled models: fewer levels or res blocks, another transformer depth, no mid block)."""
-    configs = shipped_configs(family)
-    if family.is_sdxl:
-        return configs
-    unet = unet_config_from_shapes(shapes, configs["unet"], family, what)
-    if unet != configs["unet"]:
-        changed = {k: v for k, v in unet.items() if configs["unet"].get(k) != v}
-        log.info("%s: a UNet of non-standard structure, read from its tensors: %s", what, json.dumps(changed))
-    configs["unet"] = unet
-    return configs
-
-
 def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsafe_pickle: bool) -> BaseModel:
     with _open_tensors(path, unsafe_pickle) as (file_shapes, metadata, get_stored):
         names = normalized_key_names(file_shapes)
@@ -67,8 +51,7 @@ def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsaf
             return get_stored(names[key])
 
         fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=family, what=str(path))
-        configs = _configs_from_metadata(metadata, fam, str(path)) or _configs_from_shapes(shapes, fam, str(path))
-        configs["scheduler"] = {**configs["scheduler"], "prediction_type": fam.prediction_type}
+        configs = single_file_configs(shapes, metadata, fam, str(path))
         modules = _empty_components(fam, configs)
         extras = load_ldm_state(modules, fam, shapes.keys(), get, component_dtypes(dtype, modules), source=str(path))
     derived = configs["unet"] != shipped_configs(fam)["unet"]

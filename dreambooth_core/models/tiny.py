@@ -53,8 +53,6 @@ def tiny_configs(family: Family) -> dict[str, dict]:
 
 def tiny_base_model(family: str | Family = "sd1", seed: int = 0) -> BaseModel:
     """A tiny random model of `family`, deterministic for `seed`."""
-    import json
-
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -68,7 +66,7 @@ def tiny_base_model(family: str | Family = "sd1", seed: int = 0) -> BaseModel:
     for i, tcfg in enumerate(cfg["text"]):
         cls = CLIPTextModelWithProjection if (fam.is_sdxl and i == 1) else CLIPTextModel
         encoders.append(cls(CLIPTextConfig(**copy.deepcopy(tcfg))))
-    sched = json.loads((fam.config_dir / "scheduler" / "scheduler_config.json").read_text())
+    sched = fam.scheduler_config()
     for m in (unet, vae, *encoders):
         m.eval()
     return BaseModel(fam, unet, vae, encoders, family_tokenizers(fam), sched, name=f"tiny-{fam.name}")

@@ -83,7 +83,7 @@ class UnreadableWithoutLoading(UserError):
 
 def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tuple["Family", dict[str, Any]]:
     """(family, component configs) of the run's model, without loading any weights."""
-    from ..families import get_family
+    from ..families import FAMILIES, get_family
     from ..models.configs import model_configs, shipped_configs
 
     if model is not None:
@@ -91,7 +91,7 @@ def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tup
     path = Path(config.base_model) if config.base_model else None
     if path is None or not path.exists():
         if config.family is None:
-            raise UserError("nothing to plan for: give base_model (a model file) or a family (sd1, sd2, sd2-v, sdxl)")
+            raise UserError(f"nothing to plan for: give base_model (a model file) or a family ({', '.join(FAMILIES)})")
         fam = get_family(config.family)
         return fam, shipped_configs(fam)
     if path.is_dir():
@@ -113,12 +113,12 @@ def architecture(config: "TrainConfig", model: "BaseModel | None" = None) -> tup
     from ..fileio import read_safetensors_metadata, read_shapes
     from ..formats.checkpoint import normalized_key_names
     from ..models.detect import detect_family
-    from ..models.configs import _configs_from_metadata
+    from ..models.configs import single_file_configs
 
-    shapes, metadata = read_shapes(path), read_safetensors_metadata(path)
-    names = normalized_key_names(shapes)
-    fam = detect_family({k: shapes[old] for k, old in names.items()}, metadata, path.with_suffix(".yaml"), requested=config.family, what=str(path))
-    return fam, _configs_from_metadata(metadata, fam, str(path)) or shipped_configs(fam)
+    stored, metadata = read_shapes(path), read_safetensors_metadata(path)
+    shapes = {k: stored[old] for k, old in normalized_key_names(stored).items()}
+    fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=config.family, what=str(path))
+    return fam, single_file_configs(shapes, metadata, fam, str(path))
 
 
 def cache_bytes(config: "TrainConfig", family: "Family", resolution: int, configs_vae_blocks: list) -> int:

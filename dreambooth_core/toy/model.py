@@ -8,7 +8,6 @@ single file whose metadata carries these configs, so every layer treats it as fa
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +49,7 @@ VAE_CONFIG: dict[str, Any] = dict(
 
 def scheduler_config() -> dict[str, Any]:
     """SD1's DDPM noise schedule, exactly as the family ships it."""
-    path = get_family(FAMILY).config_dir / "scheduler" / "scheduler_config.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    return get_family(FAMILY).scheduler_config()
 
 
 def build_toy_model(seed: int = 0) -> "BaseModel":

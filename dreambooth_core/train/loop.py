@@ -273,6 +273,7 @@ class Trainer:
 
         model = self._load_model()
         self.resolution = cfg.resolution or model.family.resolution
+        model.check_resolution(self.resolution)
         for tok in model.tokenizers[:1]:
             warning = common_word_warning(tok, cfg.token)
             if warning:
