@@ -136,17 +136,13 @@ def _layers(keys: list[str], pattern: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _shapes(path: Path) -> dict[str, list[int]]:
-    from safetensors import safe_open
+def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from ..fileio import read_shapes
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+    return read_shapes(path)
 
 
-def _clip_config(shapes: dict[str, list[int]], with_text: bool):
+def _clip_config(shapes: dict[str, tuple[int, ...]], with_text: bool):
     """CLIPConfig from the tensor shapes; heads and activation from the shipped variant of that width."""
     from transformers import CLIPConfig
 
@@ -175,7 +171,7 @@ def _clip_config(shapes: dict[str, list[int]], with_text: bool):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection), variant or f"clip (width {hidden})"
 
 
-def _dino_config(shapes: dict[str, list[int]]):
+def _dino_config(shapes: dict[str, tuple[int, ...]]):
     from transformers import Dinov2Config
 
     keys = list(shapes)
