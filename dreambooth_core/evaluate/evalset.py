@@ -94,4 +94,4 @@ def instance_photos(folder: str | Path) -> list["Image.Image"]:
     """The instance photos, decoded as training decodes them."""
     from ..data.images import load_image, scan_images
 
-    return [load_image(r.path) for r in scan_images(folder)]
+    return [load_image(r.path) for r in scan_images(folder, min_size=0)]   # any size: they are only compared
