@@ -13,7 +13,6 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import io
 
-from dreambooth_core.evaluate.encoders import find_encoder
 from dreambooth_core.paths import text_value
 
 from . import host
@@ -27,13 +26,6 @@ def _names(kind: str) -> list[str]:
     try:
         return folder_paths.get_filename_list(kind)
     except KeyError:   # a ComfyUI without that model kind
-        return []
-
-
-def _folders(kind: str) -> list[str]:
-    try:
-        return folder_paths.get_folder_paths(kind)
-    except KeyError:
         return []
 
 
@@ -72,7 +64,7 @@ class Evaluate(io.ComfyNode):
                 "--instance", str(host.input_path(instance_folder, "instance_folder")),
                 "--token", text_value(token, "token").strip(), "--class-noun", text_value(class_noun, "class_noun").strip(),
                 "--images", str(images), "--steps", str(steps)]
-        found = host.model_path("clip_vision", encoder) if encoder != AUTO else find_encoder(_folders("clip_vision"))
+        found = host.model_path("clip_vision", encoder) if encoder != AUTO else host.encoder_file()
         if found is not None:
             args += ["--encoder", str(found)]
         with tempfile.TemporaryDirectory() as folder:
