@@ -49,6 +49,12 @@ def trigger_words(path: Path, kind: str) -> tuple[str, str]:
     return token, " ".join(words[1:]) if len(words) > 1 else ""
 
 
+def native_resolution(model) -> int:
+    """What the UNet was built for, as diffusers' pipelines default (the family's for real models; 64 px for the toy)."""
+    vae_scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    return int(model.unet.config.sample_size) * vae_scale
+
+
 def evaluate_artifact(artifact: str | Path, base: str | Path, instance_dir: str | Path, encoder: str = "",
                       token: str = "", class_noun: str = "", images: int = DEFAULT_IMAGES, steps: int = 25,
                       guidance_scale: float = 7.5, sampler: str = "dpmpp_2m", resolution: int | None = None,
@@ -74,7 +80,7 @@ def evaluate_artifact(artifact: str | Path, base: str | Path, instance_dir: str 
     model = load_base_model(base)
     evalset = EvalSet.build(f"a photo of {token} {class_noun}", f"a photo of {class_noun}", token, scorer.contexts,
                             images_per_prompt=images, seed=seed, steps=steps, guidance_scale=guidance_scale,
-                            sampler=sampler, resolution=resolution or model.family.resolution)
+                            sampler=sampler, resolution=resolution or native_resolution(model))
     with tempfile.TemporaryDirectory() as folder:
         session = Session.start(scorer, evalset, instance_dir, Path(folder), model, model_id=str(base))
     trained = apply_artifact(model, kind, artifact, token=token if kind == "embedding" else None, weight=weight)
