@@ -31,7 +31,7 @@ MEMORY_MODES = ("auto", "manual")
 MEMORY_KEYS = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions")
 # Keys whose values are paths (a front end that serves clients checks where they point), and
 # the path keys inside each of `concepts`: `client_paths` lists them all.
-PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "dataset_config")
+PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "dataset_config", "eval_encoder")
 CONCEPT_PATH_KEYS = ("image_dir", "class_data_dir")
 SAVE_FORMATS = {name: spec.save_formats for name, spec in _METHODS.items()}
 
@@ -139,6 +139,14 @@ class TrainConfig:
     guidance_scale: float = 7.5
     negative_prompt: str = ""
 
+    # evaluation (evaluate/): the paper's measures on a fixed set of generations during training
+    eval_every_n_steps: int | None = None  # default: 4 points over the run; 0: off
+    eval_encoder: str = ""               # a CLIP / DINOv2 .safetensors file, or a folder holding one (the toy model needs none)
+    eval_images: int = 4                 # images per evaluation prompt
+    select_best: bool = False            # publish the evaluated step with the best subject fidelity within the bounds below
+    select_max_prior_drift: float = 0.25  # share of the way plain-class images may move toward the subject
+    select_max_prompt_drop: float = 0.1   # share prompt fidelity may fall below the untrained model's
+
     # outputs
     output_dir: str = "runs"
     output_name: str = ""                # default: "{token}_{class_noun}"
@@ -173,6 +181,13 @@ class TrainConfig:
         if self.init_word:
             return self.init_word
         return self.class_noun.split()[-1] if self.class_noun.strip() else "*"
+
+    @property
+    def eval_interval(self) -> int:
+        """Steps between evaluations (0: none)."""
+        if self.eval_every_n_steps is None:
+            return max(1, -(-self.max_train_steps // 4))
+        return self.eval_every_n_steps
 
     @property
     def effective_validation_prompts(self) -> list[str]:
@@ -236,6 +251,14 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999, or left unset (got {self.ema_decay})")
         if self.publish_step_saves and not self.checkpointing_steps:
             raise ConfigError("publish_step_saves places the saves made every checkpointing_steps: set checkpointing_steps too")
+        if self.eval_every_n_steps is not None and self.eval_every_n_steps < 0:
+            raise ConfigError(f"eval_every_n_steps must not be negative (got {self.eval_every_n_steps}); 0 turns evaluation off")
+        if self.eval_images < 2:
+            raise ConfigError(f"eval_images must be at least 2 (diversity compares images; got {self.eval_images})")
+        if self.select_best and self.eval_every_n_steps == 0:
+            raise ConfigError("select_best chooses among evaluated steps: set eval_every_n_steps above 0 (or leave it unset)")
+        if not 0 <= self.select_max_prompt_drop <= 1:
+            raise ConfigError(f"select_max_prompt_drop must be between 0 and 1 (got {self.select_max_prompt_drop})")
         if self.ema_start_step < 0:
             raise ConfigError(f"ema_start_step must not be negative (got {self.ema_start_step})")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
@@ -313,7 +336,7 @@ class TrainConfig:
 CLIENT_LIMITS = {"max_train_steps": 200_000, "num_class_images": 10_000, "resolution": 2048, "train_batch_size": 64,
                  "gradient_accumulation_steps": 1024, "num_validation_images": 16, "validation_inference_steps": 150,
                  "class_inference_steps": 150, "rank": 1024, "conv_rank": 1024, "num_vectors": 75,
-                 "checkpointing_steps": 200_000, "validation_steps": 200_000}
+                 "checkpointing_steps": 200_000, "validation_steps": 200_000, "eval_images": 16}
 
 
 def check_client_limits(config: TrainConfig) -> TrainConfig:

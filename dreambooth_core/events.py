@@ -39,7 +39,7 @@ class Progress(Event):
     """One step (or one unit of a preparation phase) done."""
 
     type: ClassVar[str] = "progress"
-    phase: str            # "class_images" | "caching" | "train" | "validation" | "saving"
+    phase: str            # "class_images" | "caching" | "train" | "validation" | "evaluation" | "saving"
     step: int
     total: int
     eta_seconds: float | None = None
@@ -63,11 +63,22 @@ class Artifact(Event):
     """A file the run wrote for the user (or for resuming)."""
 
     type: ClassVar[str] = "artifact"
-    kind: str             # "checkpoint" | "diffusers" | "lora" | "embedding" | "hypernetwork" | "state" | "loss_plot" | "samples"
+    kind: str             # "checkpoint" | "diffusers" | "lora" | "embedding" | "hypernetwork" | "state" | "loss_plot" | "eval_plot" | "samples"
     path: str
     name: str = ""
     prompt_hint: str = ""  # e.g. "<lora:zwx_dog:0.8>", "zwx_dog", "<hypernet:zwx_dog:1>"
     final: bool = True     # False for intermediate (checkpoint-step, cancelled) artifacts
+
+
+@dataclass
+class Evaluation(Event):
+    """The measures at one step (evaluate/): subject fidelity, prompt fidelity, prior drift, diversity."""
+
+    type: ClassVar[str] = "evaluation"
+    step: int
+    scores: dict[str, float]
+    best_step: int | None = None   # select_best: the step that would be published now
+    plot: str = ""                 # the curves so far (PNG)
 
 
 @dataclass
@@ -94,7 +105,7 @@ class Done(Event):
     artifacts: list[dict[str, Any]] = field(default_factory=list)
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (Started, Progress, Preview, Artifact, Log, Error, Done)}
+EVENT_TYPES: dict[str, type[Event]] = {cls.type: cls for cls in (Started, Progress, Preview, Artifact, Evaluation, Log, Error, Done)}
 
 EventSink = Callable[[Event], None]
 

@@ -48,6 +48,16 @@ def model_path(folder: str, name: str) -> Path:
     return Path(path)
 
 
+def encoder_file() -> Path | None:
+    """The first CLIP / DINOv2 file in models/clip_vision, to measure runs with (dreambooth_core.evaluate)."""
+    from dreambooth_core.evaluate.encoders import find_encoder
+
+    try:
+        return find_encoder(folder_paths.get_folder_paths("clip_vision"))
+    except KeyError:   # a ComfyUI without that model kind
+        return None
+
+
 def publish_folder(kind: str) -> Path:
     """The first folder of the kind's list: where a new file appears in the loaders at once."""
     folder = Path(folder_paths.get_folder_paths(KIND_FOLDERS[kind])[0])

@@ -146,6 +146,9 @@ class TrainNode(io.ComfyNode):
         for what, value in client_paths(config):   # the folders a dataset TOML names, too
             if what != "output_dir":               # the runner puts every run under runs_root()
                 host.input_path(value, what)
+        if not config.eval_encoder:   # a CLIP / DINOv2 file in models/clip_vision measures the run (evaluate/)
+            found = host.encoder_file()
+            config.eval_encoder = str(found) if found else ""
         host_format = SAVE_FORMATS[cls.METHOD][0]  # the format ComfyUI loads is always written
         if host_format not in config.formats:
             config.save_formats = [host_format, *config.save_formats]
@@ -158,7 +161,8 @@ class TrainNode(io.ComfyNode):
         config = cls.build_config(checkpoint, dataset, concept, preset, steps, learning_rate, resolution, seed, options, **method)
         sources = {"base_model": source_signature(config.base_model), **source_signatures(concept, dataset)}
         trained = train(config, method_kind(cls.METHOD), sources, cls.hidden.unique_id if cls.hidden else None, resume)
-        plot = [p for p in [trained.run.loss_plot] if p and Path(p).is_file()]
+        curves = Path(trained.run.loss_plot).parent / "eval" / "eval.png" if trained.run.loss_plot else None
+        plot = [p for p in [trained.run.loss_plot, curves] if p and Path(p).is_file()]   # the loss, then the evaluation
         sample_files = [p for p in trained.run.samples if Path(p).is_file()]
         loss = load_images(plot) if plot else None
         samples = load_images(sample_files) if sample_files else None

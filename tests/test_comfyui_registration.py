@@ -12,7 +12,7 @@ from comfy_fake.harness import REPO, Host
 EXPECTED = {
     "DreamBoothLoadTrainingImages", "DreamBoothConcept", "DreamBoothTrainLoRA", "DreamBoothTrainDreamBooth",
     "DreamBoothTrainTextualInversion", "DreamBoothTrainHypernetwork", "DreamBoothConvertModel", "DreamBoothConvertLoRA",
-    "DreamBoothMergeLoRA", "DreamBoothExtractLoRA",
+    "DreamBoothMergeLoRA", "DreamBoothExtractLoRA", "DreamBoothEvaluate",
 }
 
 

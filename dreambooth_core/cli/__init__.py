@@ -12,7 +12,7 @@ import sys
 from ..errors import UserError
 
 # Each module defines add_parser(subparsers); the parser it adds sets `func(args) -> int`.
-COMMAND_MODULES: tuple[str, ...] = ("convert", "train", "worker", "inspect", "lora", "demo", "plan")
+COMMAND_MODULES: tuple[str, ...] = ("convert", "train", "worker", "inspect", "lora", "demo", "plan", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

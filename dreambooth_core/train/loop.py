@@ -24,7 +24,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import Cancelled, OutOfMemory, UserError
-from ..events import Artifact, CancelToken, Done, Error, Event, EventSink, Log, Preview, Progress, Started
+from ..events import Artifact, CancelToken, Done, Error, Evaluation, Event, EventSink, Log, Preview, Progress, Started
 from ..data.dataset import LatentStats, TrainingData, derive_seed, example_generator
 from .ema import WeightAverage, split_state
 from .loss import dreambooth_loss, min_snr_weights, per_example_mse, sample_noise, sample_timestep, training_target
@@ -162,6 +162,8 @@ class Trainer:
         self.acc = None
         self.ema: WeightAverage | None = None
         self.own_finals: set[str] = set()  # this run's final outputs that a continuation replaces
+        self.evaluation = None  # evaluate.session.Session when the run is evaluated
+        self.weights_step: int | None = None  # select_best: the step whose weights are published
         self._retried = False  # an out-of-memory retry (memory="auto") happens once
 
     # ---- events ----------------------------------------------------------------------
@@ -280,6 +282,7 @@ class Trainer:
                 self.warn(warning)
 
         instance_records, class_records = self._scan_images(model)
+        self.evaluation = self._start_evaluation(model, resume)
         torch.manual_seed(cfg.seed)  # identical initial weights (LoRA, hypernetwork) on every process
         self.method = method = self._make_method(model)
         self.data = self._build_data(model, method, instance_records, class_records)
@@ -364,6 +367,75 @@ class Trainer:
         self.acc.wait_for_everyone()
         return Path(cfg.class_data_dir) if cfg.class_data_dir else default_class_dir(cfg, spec)
 
+    def _start_evaluation(self, model: "BaseModel", resume: Path | None):
+        """The run's evaluation (evaluate/), set up while the model is still the base: the
+        base's class images are drawn (or reused from the run folder) now. None when off."""
+        from ..evaluate.session import HOW_TO_ENABLE, Session, evalset_for, find_scorer
+
+        cfg = self.config
+        if not cfg.eval_interval:
+            return None
+        scorer = find_scorer(cfg.eval_encoder, cfg.base_model, self.model_name)
+        if scorer is None:
+            self.info(HOW_TO_ENABLE)
+            return None
+        self.info(f"evaluating every {cfg.eval_interval} steps with {scorer.name}")
+        self.emit(Progress(phase="evaluation", step=0, total=cfg.max_train_steps))
+        evalset = evalset_for(cfg, scorer, self.resolution)
+        folder = self.run_dir.root / "eval"
+        session = None
+        if self.is_main:
+            with self.acc.autocast(), self._packing(gradients=False):
+                session = Session.start(scorer, evalset, cfg.instance_data_dir or cfg.concepts[0]["image_dir"], folder,
+                                        model, self.model_hash)
+            session.truncate(saved_step(resume) if resume is not None else -1)   # a fresh run starts its curves anew
+        self.acc.wait_for_everyone()
+        return session if self.is_main else True
+
+    @_with_average
+    def _evaluate(self) -> None:
+        """The measures at this step, as a curve point, an event and (select_best) the kept weights."""
+        from ..evaluate.select import Bounds, choose_best
+        from ..evaluate.session import format_scores
+
+        cfg, session = self.config, self.evaluation
+        if session is None:
+            return
+        if self.is_main:
+            self.method.train(False)
+            self.emit(Progress(phase="evaluation", step=self.step, total=cfg.max_train_steps))
+            scores = session.measure(self.model, self.method.prompt, self.acc.autocast)
+            rows = session.record({"step": self.step, **scores})
+            best = choose_best(rows, Bounds(cfg.select_max_prior_drift, cfg.select_max_prompt_drop))
+            if cfg.select_best and best is not None and best["step"] == self.step:
+                session.keep(self.method.state_dict(), self.step)
+            self.info(f"step {self.step}: {format_scores(scores)}")
+            self.emit(Evaluation(step=self.step, scores=scores, best_step=int(best["step"]) if best else None,
+                                 plot=str(session.png)))
+        self.acc.wait_for_everyone()
+
+    def _publish_best(self) -> None:
+        """select_best: put the best evaluated step's weights in place of the last step's
+        before the final artifact is saved (the state saved for resuming stays the last step's)."""
+        from ..evaluate.select import Bounds, choose_best, describe
+
+        cfg, session = self.config, self.evaluation
+        if not cfg.select_best or not self.is_main or session is None:
+            return
+        best = choose_best(session.rows, Bounds(cfg.select_max_prior_drift, cfg.select_max_prompt_drop))
+        if best is None:
+            self.warn(f"select_best: no evaluated step kept prior drift <= {cfg.select_max_prior_drift} and prompt fidelity "
+                      f"within {cfg.select_max_prompt_drop:.0%} of the untrained model's: publishing the last step")
+            return
+        weights = session.kept_weights(int(best["step"])) if best["step"] != self.step else None
+        if best["step"] != self.step and weights is None:
+            self.warn(f"select_best: the weights of step {int(best['step'])} were not kept: publishing the last step")
+            return
+        if weights is not None:
+            self.method.load_state_dict(weights)
+            self.weights_step = int(best["step"])
+        self.info(describe(best))
+
     def _make_method(self, model: "BaseModel") -> "Method":
         from ..methods import get_method
 
@@ -417,7 +489,7 @@ class Trainer:
     def _free_unneeded(self, model: "BaseModel", method: "Method") -> None:
         """Move what no step needs any more to the meta device (frees its memory at once).
         Validation and full-model saving need everything, so then nothing is freed."""
-        if self.config.num_validation_images > 0 or method.needs_full_model:
+        if self.config.num_validation_images > 0 or method.needs_full_model or self.evaluation is not None:
             return
         if self.data.cached:
             model.vae.to("meta")
@@ -501,6 +573,7 @@ class Trainer:
         try:
             if self.step == 0:
                 self._validate()
+                self._evaluate()
             self.method.train(True)
             t0, first = time.monotonic(), self.step
             tensorboard = self._tensorboard()
@@ -529,10 +602,15 @@ class Trainer:
                     if cfg.validation_steps and self.step % cfg.validation_steps == 0:
                         self._validate()
                         self.method.train(True)
+                    if cfg.eval_interval and self.step % cfg.eval_interval == 0:
+                        self._evaluate()
+                        self.method.train(True)
             self.method.train(False)
             self._save_state()
             if self.ema is not None:
                 self.ema.apply()  # the average is the result: saved, drawn and left in the model
+            self._evaluate()
+            self._publish_best()
             self._save_artifacts(cfg.name, final=True)
             self.method.finish()
         except Cancelled:
@@ -707,7 +785,7 @@ class Trainer:
             "ss_new_sd_model_hash": self.model_hash,
             "ss_base_model_version": family.base_model_version,
             "ss_v2": str(family.is_v2),
-            "ss_steps": str(self.step),
+            "ss_steps": str(self.weights_step or self.step),
             "ss_max_train_steps": str(cfg.max_train_steps),
             "ss_learning_rate": str(cfg.learning_rate),
             "ss_unet_lr": str(cfg.learning_rate),
@@ -762,6 +840,8 @@ class Trainer:
             path = self.run_dir.write_loss_plot()
             if path is not None:
                 self._announce(Artifact(kind="loss_plot", path=str(path), name=path.name, final=False))
+            if self.evaluation is not None and self.evaluation.png.is_file():
+                self._announce(Artifact(kind="eval_plot", path=str(self.evaluation.png), name=self.evaluation.png.name, final=False))
 
     def _done(self, status: str) -> RunResult:
         root = self.run_dir.root if self.run_dir else Path()

@@ -187,13 +187,21 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
 
 def loss_plot_png(steps: list[int], losses: list[float], size: tuple[int, int] = (800, 400)) -> bytes:
     """The loss per step (light) and its moving average (dark) on labelled axes, as PNG bytes."""
+    return line_plot_png(steps, [("", losses, (170, 190, 230)), ("", smooth(losses), (20, 60, 160))], "loss", size)
+
+
+def line_plot_png(steps: list[int], series: list[tuple[str, list[float], tuple[int, int, int]]], title: str,
+                  size: tuple[int, int] = (800, 400)) -> bytes:
+    """Lines (label, values per step, colour) on shared labelled axes, as PNG bytes (Pillow only:
+    no plotting library needed). Labelled lines get a legend and a dot per value."""
     from PIL import Image, ImageDraw
 
     w, h = size
     left, right, top, bottom = 70, 20, 20, 40
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
-    lo, hi = min(losses), max(losses)
+    every = [v for _, values, _ in series for v in values]
+    lo, hi = min(every), max(every)
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
     s0, s1 = min(steps), max(steps)
@@ -213,14 +221,17 @@ def loss_plot_png(steps: list[int], losses: list[float], size: tuple[int, int] =
         draw.line((x, h - bottom, x, h - bottom + 4), fill="black")
         draw.text((x - 10, h - bottom + 8), str(step), fill="black")
     draw.text((w // 2 - 20, h - 16), "step", fill="black")
-    draw.text((left + 6, top + 4), "loss", fill="black")
-    for values, colour in ((losses, (170, 190, 230)), (smooth(losses), (20, 60, 160))):
+    draw.text((left + 6, top + 4), title, fill="black")
+    legend_y = top + 4
+    for label, values, colour in series:
         points = [xy(s, v) for s, v in zip(steps, values)]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
-        else:
-            x, y = points[0]
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        for x, y in points if label or len(points) == 1 else ():
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        if label:
+            draw.text((w - right - 150, legend_y), label, fill=colour)
+            legend_y += 14
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 _MODEL_SUFFIXES = frozenset({".safetensors", ".sft", ".ckpt", ".pt", ".pt2", ".pth", ".bin", ".pkl"})
-_FILE_KINDS = ("checkpoints", "loras", "embeddings", "hypernetworks", "vae", "upscale_models")
+_FILE_KINDS = ("checkpoints", "loras", "embeddings", "hypernetworks", "vae", "upscale_models", "clip_vision")
 _FOLDER_KINDS = ("diffusers",)  # kinds whose entries are folders, not files
 
 _kinds: dict[str, list[Path]] = {}
