@@ -61,7 +61,7 @@ def evaluate_artifact(artifact: str | Path, base: str | Path, instance_dir: str 
                       seed: int = EVAL_SEED, weight: float = 1.0) -> ArtifactReport:
     from ..apply import apply_artifact
     from ..formats.inspect import inspect_path
-    from ..models.loading import load_base_model
+    from ..models.load import load_base_model
     from .evalset import EvalSet
 
     artifact, base = Path(artifact), Path(base)

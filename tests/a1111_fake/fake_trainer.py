@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dreambooth_core.delivery import host_kind
 from dreambooth_core.events import Artifact, Done, Preview, Progress, Started
-from dreambooth_core.publish import HOST_KINDS, prompt_hint
+from dreambooth_core.lifecycle.names import HOST_KINDS, prompt_hint
+from dreambooth_core.registry import method_kind
 from dreambooth_core.train.run_dir import RunDir
 
 
@@ -53,7 +53,7 @@ def run(config, emit, cancel) -> None:
         time.sleep(delay)
         emit(Progress(phase="train", step=step, total=total, eta_seconds=(total - step) * delay, loss=1.0 / step,
                       lr=config.learning_rate))
-        kind = host_kind(config.method)
+        kind = method_kind(config.method)
         every = config.checkpointing_steps
         if every and step < total and step % every == 0 and kind != "checkpoint":  # as train.loop: no full checkpoint per step
             name = f"{config.name}-step{step}"
@@ -66,7 +66,7 @@ def run(config, emit, cancel) -> None:
             sample = run.samples / f"{step:04d}.png"
             Image.new("RGB", (8, 8), (200, 30, 30)).save(sample)
             emit(Preview(step=step, path=str(sample), prompt=config.instance_prompt_text))
-    kind = host_kind(config.method)
+    kind = method_kind(config.method)
     path = run.outputs / f"{config.name}{HOST_KINDS[kind]}"
     write_result(kind, path, config.name)
     emit(Artifact(kind=kind, path=str(path), name=config.name, prompt_hint=prompt_hint(kind, config.name)))
