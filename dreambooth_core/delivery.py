@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .errors import UserError
 from .events import Artifact
 from .publish import HOST_KINDS, check_name_free, prompt_hint, publish
-from .registry import method_kind
+from .registry import NETWORKS, method_kind
 
 
 def host_kind(method: str) -> str:
@@ -74,6 +74,13 @@ def check_destination(config: TrainConfig, folders: Mapping[str, str | os.PathLi
     return check_name_free(kind, config.name, folders[kind])
 
 
+def host_note(config: TrainConfig, host: str) -> str:
+    """What `host` does differently with the file this run writes ('' when it computes what was
+    trained): a DoRA file in A1111, say (registry.NetworkSpec.host_notes)."""
+    spec = NETWORKS.get(config.network) if config.method == "lora" else None
+    return spec.note_for(host) if spec else ""
+
+
 def usage_prompt(config: TrainConfig, kind: str, name: str, host: str = "a1111") -> str:
     """A whole prompt that uses the result: the training prompt plus what loads the file.
 
@@ -98,6 +105,7 @@ class Delivered:
     prompt_hint: str   # e.g. "<lora:zwx_dog:0.8>"
     prompt: str        # e.g. "a photo of zwx dog <lora:zwx_dog:0.8>"
     error: str = ""
+    warning: str = ""  # the host loads the file but computes something else than was trained
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +136,8 @@ def deliver(
     for art in [*step_saves(artifacts, config), *host_artifacts(artifacts)]:
         name = art.name or config.name
         hint = prompt_hint(art.kind, name, host)
-        item = Delivered(art.kind, name, "", art.path, hint, usage_prompt(config, art.kind, name, host))
+        item = Delivered(art.kind, name, "", art.path, hint, usage_prompt(config, art.kind, name, host),
+                         warning=host_note(config, host) if art.kind == "lora" else "")
         try:
             item.path = str(publish(art.path, art.kind, name, folders[art.kind], overwrite=config.overwrite))
         except (UserError, OSError) as exc:

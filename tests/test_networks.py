@@ -228,3 +228,28 @@ def test_lora_merge_takes_networks_and_keeps_the_base_precision(tmp_path, capsys
     expected = merge_network(load_base_model(base), read_network_file(path), 0.5)
     torch.testing.assert_close(unet_output(load_base_model(out)), unet_output(expected), atol=0, rtol=0)
     assert not torch.allclose(unet_output(expected), unet_output(load_base_model(base)), atol=1e-4)
+
+
+@pytest.mark.parametrize("network", ["dora", "loha"])
+def test_a_dora_file_delivered_to_a1111_comes_with_a_warning(tmp_path, network):
+    """A1111 computes another weight from a DoRA file (test_hosts_compute_peft_delta shows it):
+    its delivery, and the CLI's summary, say so; ComfyUI's does not, nor does any LoHa's."""
+    from dreambooth_core.cli.train import summary
+    from dreambooth_core.delivery import deliver
+    from dreambooth_core.events import Artifact
+    from dreambooth_core.jobs.state import RunState
+
+    cfg = TrainConfig(network=network, output_name="zwx")
+    src = tmp_path / "run" / "zwx.safetensors"
+    src.parent.mkdir()
+    src.write_bytes(b"x")
+    art = Artifact(kind="lora", path=str(src), name="zwx", final=True)
+    (a1111_item,) = deliver([art], cfg, {"lora": tmp_path / "Lora"}, host="a1111")
+    (comfy_item,) = deliver([art], cfg, {"lora": tmp_path / "loras"}, host="comfyui")
+    assert a1111_item.path and comfy_item.path and not comfy_item.warning
+    said = summary(RunState(status="completed", artifacts=[art]), cfg)
+    if network == "dora":
+        assert "A1111 v1.10 scales a DoRA file per input column" in a1111_item.warning
+        assert "ComfyUI and Forge compute the trained weight" in said
+    else:
+        assert not a1111_item.warning and "note for A1111" not in said

@@ -60,7 +60,7 @@ LEARNED = {"dreambooth": (0.35, 0.3), "lora": (0.35, 0.3), "textual_inversion": 
 # loha 0.394; lokr 0.368 (0.268 at LoRA's 2e-3).
 LORA = demo.DEMO_METHODS["lora"]
 NETWORKS = {n: dataclasses.replace(LORA, label=n, overrides={**LORA.overrides, "network": n, **extra})
-            for n, extra in (("loha", {}), ("lokr", {"learning_rate": 6e-3}))}
+            for n, extra in (("loha", {}), ("lokr", {"learning_rate": 6e-3}), ("dora", {}))}
 
 
 def test_the_base_cannot_draw_the_subject(base) -> None:
