@@ -191,6 +191,16 @@ def test_train_publishes_into_the_webui_folder_refreshes_its_list_and_gives_the_
     assert calls == [("to_cpu", model), ("to_device", model)] and model.device == "cuda"
 
 
+def test_a_dora_run_is_delivered_with_the_warning_that_a1111_computes_another_weight(webui):
+    preset = webui.adapter.form.METHODS["LoRA"][1]
+    press(webui, "dbc_train", method="LoRA", preset=preset, network="dora", num_class_images=2)
+    view = wait_done(webui)
+    assert view["status"] == "completed", view["error"]
+    (item,) = view["delivered"]
+    assert item["path"] and "A1111 v1.10 scales a DoRA file per input column" in item["warning"]
+    assert [n for n in view["notes"] if n.startswith("warning:")] == [f"warning: {item['warning']}"]
+
+
 def test_embeddings_with_no_model_loaded_wait_for_the_webui_and_never_load_one(webui):
     press(webui, "dbc_train", method="Textual Inversion", preset="textual_inversion")
     view = wait_done(webui)
