@@ -253,3 +253,39 @@ def test_a_dora_file_delivered_to_a1111_comes_with_a_warning(tmp_path, network):
         assert "ComfyUI and Forge compute the trained weight" in said
     else:
         assert not a1111_item.warning and "note for A1111" not in said
+
+
+def test_oft_is_refused_because_peft_and_the_hosts_rotate_different_axes():
+    """Why network = 'oft' is refused, shown on the two functions: the hosts' OFT (A1111
+    network_oft.py / ComfyUI oft.py for LyCORIS `oft_blocks`: R = (I+Q)(I-Q)⁻¹ per block of
+    output rows, W' = R·W) keeps the input Gram matrix WᵀW for every file, while peft's trained
+    OFT (the input features rotated) changes it: no `oft_blocks` can give peft's weight."""
+    from peft import OFTConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    out_f, in_f, blocks = 8, 8, 2
+    layer = torch.nn.Sequential(torch.nn.Linear(in_f, out_f, bias=False))
+    w = layer[0].weight.detach().clone()
+
+    def host_oft(oft_blocks: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        q = oft_blocks - oft_blocks.transpose(1, 2)
+        eye = torch.eye(q.shape[-1])
+        r = (eye + q) @ torch.linalg.inv(eye - q)
+        return torch.einsum("knm,kn...->km...", r, weight.reshape(blocks, out_f // blocks, *weight.shape[1:])).reshape(weight.shape)
+
+    for _ in range(3):
+        rotated = host_oft(torch.randn(blocks, out_f // blocks, out_f // blocks) * 0.3, w)
+        assert not torch.allclose(rotated, w, atol=1e-3)
+        torch.testing.assert_close(rotated.T @ rotated, w.T @ w, atol=1e-4, rtol=1e-4)
+
+    inject_adapter_in_model(OFTConfig(r=0, oft_block_size=in_f // blocks, target_modules=["0"]), layer)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "oft_" in name:
+                p.copy_(torch.randn(p.shape) * 0.3)
+    x = torch.randn(4, in_f)
+    trained = layer(x)
+    layer[0].merge()
+    merged = layer[0].get_base_layer().weight.detach()
+    torch.testing.assert_close(x @ merged.T, trained, atol=1e-4, rtol=1e-4)  # this is what peft trained
+    assert not torch.allclose(merged.T @ merged, w.T @ w, atol=1e-2, rtol=1e-2)
