@@ -31,7 +31,7 @@ def apply_artifact(model: "BaseModel", kind: str, path: str | Path, token: str |
         from .formats.networks import merge_network, read_network_file
 
         network = read_network_file(path)
-        if network is not None:  # LoHa/LoKr
+        if network is not None:  # LoHa/LoKr/DoRA
             return merge_network(model, network, weight)
         return merge_loras(model, [(read_lora(path, family=model.family), weight)])
     if kind == "embedding":

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from .errors import ConfigError, UserError
 from .paths import real_path, safe_name, text_value
-from .registry import METHODS as _METHODS, NETWORKS as _NETWORKS
+from .registry import METHODS as _METHODS, NETWORKS as _NETWORKS, REFUSED_NETWORKS
 
 METHODS = tuple(_METHODS)
 NETWORKS = tuple(_NETWORKS)
@@ -109,7 +109,7 @@ class TrainConfig:
     alpha: float = 8.0
     conv_rank: int = 0
     conv_alpha: float | None = None
-    network: str = "lora"                # registry.NETWORKS: lora, loha, lokr
+    network: str = "lora"                # registry.NETWORKS: lora, loha, lokr, dora
     train_text_encoder: bool = False
 
     # textual inversion
@@ -211,6 +211,8 @@ class TrainConfig:
 
             return apply_dataset_config(self).validate(check_paths)
         choice("method", self.method, METHODS)
+        if self.network in REFUSED_NETWORKS:
+            raise ConfigError(f"network = {self.network!r} is not offered: {REFUSED_NETWORKS[self.network]}")
         choice("network", self.network, NETWORKS)
         choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -47,11 +47,16 @@ class NetworkSpec:
     name: str
     impl: str
     lycoris_algo: str | None
+    host_notes: tuple[tuple[str, str], ...] = ()  # (host, what it does differently with such a file)
+
+    def note_for(self, host: str) -> str:
+        return dict(self.host_notes).get(host, "")
 
 
 KINDS: dict[str, ArtifactKind] = {}
 METHODS: dict[str, MethodSpec] = {}
 NETWORKS: dict[str, NetworkSpec] = {}
+REFUSED_NETWORKS: dict[str, str] = {}  # network types asked for but not offered: name → why
 
 
 def register_kind(kind: ArtifactKind) -> ArtifactKind:
@@ -69,6 +74,10 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 def register_network(spec: NetworkSpec) -> NetworkSpec:
     NETWORKS[spec.name] = spec
     return spec
+
+
+def refuse_network(name: str, why: str) -> None:
+    REFUSED_NETWORKS[name] = why
 
 
 def load(impl: str) -> Any:
@@ -99,3 +108,13 @@ register_method(MethodSpec("hypernetwork", "methods.hypernetwork:HypernetworkMet
 register_network(NetworkSpec("lora", "formats.networks:LORA", None))
 register_network(NetworkSpec("loha", "formats.networks:LOHA", "loha"))
 register_network(NetworkSpec("lokr", "formats.networks:LOKR", "lokr"))
+register_network(NetworkSpec("dora", "formats.networks:DORA", "lora", host_notes=(("a1111", (
+    "A1111 v1.10 scales a DoRA file per input column (network.py apply_weight_decompose), while this "
+    "file, like peft, scales per output row: A1111 loads it without a word but computes another weight "
+    "than the one trained. ComfyUI and Forge compute the trained weight; use one of them, or train "
+    "network = 'lora' for A1111")),)))
+
+refuse_network("oft", (
+    "peft's OFT rotates each layer's input features (W·R, R a Cayley–Neumann series), while the OFT files "
+    "A1111 and ComfyUI load (LyCORIS oft_blocks) rotate its output rows (R·W, exact Cayley): different "
+    "functions, so no file would make the hosts compute what peft trained; use loha, lokr or dora"))

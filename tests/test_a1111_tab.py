@@ -130,7 +130,7 @@ def test_method_and_preset_fill_the_form_and_prompts_follow_token_and_class(webu
     assert preset == {"__type__": "update", "choices": ["textual_inversion"], "value": "textual_inversion"}
     filled = dict(zip(form.ADVANCED, advanced))
     assert prior is False and filled["learning_rate"] == 5e-3 and filled["max_train_steps"] == 3000
-    assert filled["network"] == "lora" and form.CHOICES["network"] == ("lora", "loha", "lokr")
+    assert filled["network"] == "lora" and form.CHOICES["network"] == ("lora", "loha", "lokr", "dora")
     prior, n_class, *advanced = event(webui, "dbc_preset", "change").run("dreambooth")
     assert prior is True and n_class == 200 and dict(zip(form.ADVANCED, advanced))["learning_rate"] == 5e-6
     assert event(webui, "dbc_token", "change").run("sks", "cat") == ["a photo of sks cat", "a photo of cat"]
@@ -189,6 +189,16 @@ def test_train_publishes_into_the_webui_folder_refreshes_its_list_and_gives_the_
     assert poll(webui, shown)[2] == {"__type__": "update"}      # the gallery is not re-sent when unchanged
     calls = [(what, m) for what, m in webui.sd_models.calls if what != "load"]
     assert calls == [("to_cpu", model), ("to_device", model)] and model.device == "cuda"
+
+
+def test_a_dora_run_is_delivered_with_the_warning_that_a1111_computes_another_weight(webui):
+    preset = webui.adapter.form.METHODS["LoRA"][1]
+    press(webui, "dbc_train", method="LoRA", preset=preset, network="dora", num_class_images=2)
+    view = wait_done(webui)
+    assert view["status"] == "completed", view["error"]
+    (item,) = view["delivered"]
+    assert item["path"] and "A1111 v1.10 scales a DoRA file per input column" in item["warning"]
+    assert [n for n in view["notes"] if n.startswith("warning:")] == [f"warning: {item['warning']}"]
 
 
 def test_embeddings_with_no_model_loaded_wait_for_the_webui_and_never_load_one(webui):

@@ -1,5 +1,6 @@
-"""LoHa and LoKr networks: trained through peft, written in the LyCORIS layout, and read by
-both hosts' network code (our fakes of it) to exactly the weight change peft applies."""
+"""LoHa, LoKr and DoRA networks: trained through peft, written in the LyCORIS layout, and read
+by the hosts' network code (our fakes of it) to exactly the weight change peft applies
+(DoRA: in ComfyUI and Forge; A1111 computes another weight, which the test shows)."""
 import json
 import logging
 import sys
@@ -40,17 +41,23 @@ def trained_network(family: str, network: str, conv_rank: int = 3, seed: int = 0
 
 
 def peft_deltas(model, network: str) -> dict[str, torch.Tensor]:
-    """{kohya key: delta peft adds} of every adapted layer."""
+    """{kohya key: the change peft's own merge makes} of every adapted layer."""
     layer_cls = network_type(network).layer_class.split(":")
     import importlib
 
     cls = getattr(importlib.import_module(layer_cls[0]), layer_cls[1])
     names = names_for_model(tiny_base_model(model.family))  # the plain module tree's names
     out = {}
-    for part, root in model_parts(model).items():
-        for name, layer in root.named_modules():
-            if isinstance(layer, cls):
-                out[names.key(part, name.removeprefix("base_model.model."))] = layer.get_delta_weight("default").detach()
+    with torch.no_grad():
+        for part, root in model_parts(model).items():
+            for name, layer in root.named_modules():
+                if isinstance(layer, cls):
+                    base = layer.get_base_layer().weight
+                    before = base.detach().clone()
+                    layer.merge(adapter_names=["default"])
+                    out[names.key(part, name.removeprefix("base_model.model."))] = base.detach() - before
+                    base.copy_(before)
+                    layer.merged_adapters.clear()
     return out
 
 
@@ -93,12 +100,17 @@ def test_hosts_compute_peft_delta(tmp_path, family, network, caplog):
     assert not left and "lora key not loaded" not in caplog.text
     for key, delta in expected.items():
         slots = {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == key}
-        assert a1111.module_type(slots) == {"loha": "hada", "lokr": "lokr"}[network]
+        assert a1111.module_type(slots) == {"loha": "hada", "lokr": "lokr", "dora": "lora"}[network]
         w = weights[key]
         assert delta.abs().max() > 1e-3, key
-        torch.testing.assert_close(a1111.calc_updown(slots, w), delta, atol=1e-5, rtol=1e-4)
+        # ComfyUI's arithmetic (Forge's is the same), and ours for lora merge
         torch.testing.assert_close(comfy.calculate_weight(patches[key], w) - w, delta, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(lycoris_delta(slots, tuple(w.shape)), delta, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(comfy.calculate_weight(patches[key], w, 0.5) - w, 0.5 * delta, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(lycoris_delta(slots, w), delta, atol=1e-5, rtol=1e-4)
+        if network == "dora":  # A1111 normalises per input column: it loads the file and computes another weight
+            assert not torch.allclose(a1111.calc_updown(slots, w), delta, atol=1e-2, rtol=1e-2), key
+            continue
+        torch.testing.assert_close(a1111.calc_updown(slots, w), delta, atol=1e-5, rtol=1e-4)
         # strength is linear, as for LoRA
         torch.testing.assert_close(a1111.calc_updown(slots, w, 0.5), 0.5 * delta, atol=1e-5, rtol=1e-4)
 
@@ -112,16 +124,18 @@ def test_metadata_as_lycoris_writes_it(tmp_path, network):
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     assert meta["ss_network_module"] == "lycoris.kohya"
-    assert json.loads(meta["ss_network_args"]) == {"algo": network, "conv_dim": "3", "conv_alpha": "1.5",
-                                                   **({"factor": "-1"} if network == "lokr" else {})}
+    extra = {"lokr": {"factor": "-1"}, "dora": {"dora_wd": "True", "wd_on_output": "True"}}.get(network, {})
+    assert json.loads(meta["ss_network_args"]) == {"algo": NETWORKS[network].lycoris_algo, "conv_dim": "3", "conv_alpha": "1.5", **extra}
     assert (meta["ss_network_dim"], meta["ss_network_alpha"], meta["ss_steps"]) == ("4", "2.0", "8")
     assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_output_name"] == "zwx"
     assert meta["sshs_model_hash"]
 
 
 def test_network_choice_is_checked():
-    with pytest.raises(ConfigError, match="network must be one of lora, loha, lokr"):
-        TrainConfig(network="dora").validate(check_paths=False)
+    with pytest.raises(ConfigError, match="network must be one of lora, loha, lokr, dora"):
+        TrainConfig(network="boft").validate(check_paths=False)
+    with pytest.raises(ConfigError, match="'oft' is not offered: peft's OFT rotates each layer's input"):
+        TrainConfig(network="oft").validate(check_paths=False)
     with pytest.raises(ConfigError, match="LyCORIS layout"):
         TrainConfig(network="loha", save_formats=["peft"]).validate(check_paths=False)
 
@@ -133,7 +147,7 @@ def test_lycoris_file_is_refused_by_plain_lora_tools(tmp_path, network):
     model, _ = trained_network("sd1", network, conv_rank=0)
     modules = lycoris_from_peft_model(network_type(network), model.unet, model.text_encoders, model.family)
     path = write_lycoris(network_type(network), modules, tmp_path / "n.safetensors", model.family, 4, 2.0)
-    with pytest.raises(FormatError, match="LoHa|LoKr"):
+    with pytest.raises(FormatError, match="LoHa|LoKr|DoRA"):
         read_lora(path)
 
 
@@ -151,7 +165,7 @@ def test_trained_network_file_reproduces_the_trained_model(tmp_path, network):
     (artifact,) = [a for a in result.outputs if a.kind == "lora"]
     assert artifact.prompt_hint == "<lora:zwx_dog:0.8>"
     state = load_file(artifact.path)
-    assert any(".hada_w1_a" in k or ".lokr_w1" in k for k in state) and any(k.startswith("lora_te_") for k in state)
+    assert any(k.endswith((".hada_w1_a", ".lokr_w1", ".dora_scale")) for k in state) and any(k.startswith("lora_te_") for k in state)
     base = tiny_base_model("sd1")
     before = unet_output(base)
     merged = apply_artifact(base, "lora", artifact.path)
@@ -160,7 +174,7 @@ def test_trained_network_file_reproduces_the_trained_model(tmp_path, network):
     for a, b in zip(text_outputs_of(merged), text_outputs_of(trained)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
-    other = "lokr" if network == "loha" else "loha"
+    other = "lokr" if network != "lokr" else "loha"
     with pytest.raises(UserError, match=f"network was '{network}' and is now '{other}'"):
         train(tiny_config(tmp_path, network=other, train_text_encoder=True, conv_rank=2, conv_alpha=1.0,
                           max_train_steps=4, resume_from="latest"), "sd1")
@@ -192,7 +206,7 @@ def test_resize_and_convert_refuse_networks_clearly(tmp_path, capsys):
     assert main(["lora", "resize", str(path), str(tmp_path / "r.safetensors"), "--rank", "2"]) == 1
     assert main(["lora", "convert", str(path), str(tmp_path / "c.safetensors"), "--to", "peft"]) == 1
     err = capsys.readouterr().err
-    assert err.count("is a LoHa/LoKr network: lora") == 2 and "Hadamard/Kronecker" in err
+    assert err.count("is a LoHa/LoKr/DoRA network: lora") == 2 and "Hadamard/Kronecker" in err
     assert not (tmp_path / "r.safetensors").exists() and not (tmp_path / "c.safetensors").exists()
 
 
@@ -215,3 +229,64 @@ def test_lora_merge_takes_networks_and_keeps_the_base_precision(tmp_path, capsys
     expected = merge_network(load_base_model(base), read_network_file(path), 0.5)
     torch.testing.assert_close(unet_output(load_base_model(out)), unet_output(expected), atol=0, rtol=0)
     assert not torch.allclose(unet_output(expected), unet_output(load_base_model(base)), atol=1e-4)
+
+
+@pytest.mark.parametrize("network", ["dora", "loha"])
+def test_a_dora_file_delivered_to_a1111_comes_with_a_warning(tmp_path, network):
+    """A1111 computes another weight from a DoRA file (test_hosts_compute_peft_delta shows it):
+    its delivery, and the CLI's summary, say so; ComfyUI's does not, nor does any LoHa's."""
+    from dreambooth_core.cli.train import summary
+    from dreambooth_core.lifecycle import deliver
+    from dreambooth_core.events import Artifact
+    from dreambooth_core.jobs.state import RunState
+
+    cfg = TrainConfig(network=network, output_name="zwx")
+    src = tmp_path / "run" / "zwx.safetensors"
+    src.parent.mkdir()
+    src.write_bytes(b"x")
+    art = Artifact(kind="lora", path=str(src), name="zwx", final=True)
+    (a1111_item,) = deliver([art], cfg, {"lora": tmp_path / "Lora"}, host="a1111")
+    (comfy_item,) = deliver([art], cfg, {"lora": tmp_path / "loras"}, host="comfyui")
+    assert a1111_item.path and comfy_item.path and not comfy_item.warning
+    said = summary(RunState(status="completed", artifacts=[art]), cfg)
+    if network == "dora":
+        assert "A1111 v1.10 scales a DoRA file per input column" in a1111_item.warning
+        assert "ComfyUI and Forge compute the trained weight" in said
+    else:
+        assert not a1111_item.warning and "note for A1111" not in said
+
+
+def test_oft_is_refused_because_peft_and_the_hosts_rotate_different_axes():
+    """Why network = 'oft' is refused, shown on the two functions: the hosts' OFT (A1111
+    network_oft.py / ComfyUI oft.py for LyCORIS `oft_blocks`: R = (I+Q)(I-Q)⁻¹ per block of
+    output rows, W' = R·W) keeps the input Gram matrix WᵀW for every file, while peft's trained
+    OFT (the input features rotated) changes it: no `oft_blocks` can give peft's weight."""
+    from peft import OFTConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    out_f, in_f, blocks = 8, 8, 2
+    layer = torch.nn.Sequential(torch.nn.Linear(in_f, out_f, bias=False))
+    w = layer[0].weight.detach().clone()
+
+    def host_oft(oft_blocks: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        q = oft_blocks - oft_blocks.transpose(1, 2)
+        eye = torch.eye(q.shape[-1])
+        r = (eye + q) @ torch.linalg.inv(eye - q)
+        return torch.einsum("knm,kn...->km...", r, weight.reshape(blocks, out_f // blocks, *weight.shape[1:])).reshape(weight.shape)
+
+    for _ in range(3):
+        rotated = host_oft(torch.randn(blocks, out_f // blocks, out_f // blocks) * 0.3, w)
+        assert not torch.allclose(rotated, w, atol=1e-3)
+        torch.testing.assert_close(rotated.T @ rotated, w.T @ w, atol=1e-4, rtol=1e-4)
+
+    inject_adapter_in_model(OFTConfig(r=0, oft_block_size=in_f // blocks, target_modules=["0"]), layer)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "oft_" in name:
+                p.copy_(torch.randn(p.shape) * 0.3)
+    x = torch.randn(4, in_f)
+    trained = layer(x)
+    layer[0].merge()
+    merged = layer[0].get_base_layer().weight.detach()
+    torch.testing.assert_close(x @ merged.T, trained, atol=1e-4, rtol=1e-4)  # this is what peft trained
+    assert not torch.allclose(merged.T @ merged, w.T @ w, atol=1e-2, rtol=1e-2)

@@ -42,7 +42,7 @@ def _refuse_networks(src: Path, operation: str) -> None:
     from ..formats.networks import math_refusal, read_network_file
 
     if read_network_file(src) is not None:
-        raise UserError(f"{src} is a LoHa/LoKr network: {math_refusal(operation)}")
+        raise UserError(f"{src} is a LoHa/LoKr/DoRA network: {math_refusal(operation)}")
 
 
 def run_convert(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def run_merge(args: argparse.Namespace) -> int:
     _check_paths(out, args.overwrite, Path(args.base), *(p for p, _ in loras))
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"{out}: merged models are written as one .safetensors file")
-    # read all before the slow load (--family is the base's); LoHa/LoKr networks merge by their own math
+    # read all before the slow load (--family is the base's); LoHa/LoKr/DoRA networks merge by their own math
     networks = {p: read_network_file(p) for p, _ in loras}
     weights = [(read_lora(p), w) for p, w in loras if networks[p] is None]
     dtype = args.dtype or stored_dtype(Path(args.base))

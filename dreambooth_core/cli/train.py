@@ -16,7 +16,7 @@ import threading
 import warnings
 from typing import Any, Callable, Iterator, TextIO
 
-from ..config import PRESETS, load_config, parse_set
+from ..config import PRESETS, TrainConfig, load_config, parse_set
 from ..events import Artifact, CancelToken, Done, Error, Event, Log, Preview, Progress, Started
 from ..fileio import UNSAFE_PICKLE_ENV
 from ..jobs import RunState, WorkerJob, run_in_process
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             with graceful_interrupt(lambda: (printer.cancelling(), cancel.cancel())):
                 state = run_in_process(config, on_event=printer, cancel=cancel)
     printer.close()
-    print(summary(state))
+    print(summary(state, config))
     if state.status == "completed":
         return 0
     if state.status == "cancelled":
@@ -162,14 +162,19 @@ class ProgressPrinter:
             warnings.showwarning = original
 
 
-def summary(state: RunState) -> str:
-    """What the user needs at the end: where the files are and what to type in a prompt."""
+def summary(state: RunState, config: TrainConfig | None = None) -> str:
+    """What the user needs at the end: where the files are, what to type in a prompt, and
+    which host computes something else with them (a DoRA file in A1111)."""
     lines = [f"{state.status}" + (f" at step {state.step}" if state.step else "") +
              (f"; run folder {state.run_dir}" if state.run_dir else "")]
     for artifact in state.artifacts:
         if artifact.final:
             hint = f"   use in a prompt: {artifact.prompt_hint}" if artifact.prompt_hint else ""
             lines.append(f"  {artifact.kind}: {artifact.path}{hint}")
+    if config is not None and any(a.final and a.kind == "lora" for a in state.artifacts):
+        from ..lifecycle.handoff import host_note
+
+        lines += [f"  note for A1111: {note}" for note in [host_note(config, "a1111")] if note]
     if state.status == "cancelled":
         states = [a for a in state.artifacts if a.kind == "state"]
         if states:

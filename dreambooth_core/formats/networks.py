@@ -14,9 +14,19 @@ and ComfyUI (comfy/weight_adapter/loha.py, lokr.py) read per kohya module key:
   A1111's test of the split factors is never reached). The whole factors are small:
   each side is about the square root of the layer's width.
 
-DoRA and OFT are not offered: peft's DoRA magnitude is per output row, while A1111's
-`apply_weight_decompose` normalises per input column, so no file makes A1111 compute
-peft's delta; peft's OFT/BOFT rotation is parametrised unlike LyCORIS's `oft_blocks`.
+- DoRA: LyCORIS's LoCon with weight decomposition on the output axis (`dora_wd`,
+  `wd_on_output`): `lora_down.weight, lora_up.weight, alpha, dora_scale` with `dora_scale`
+  of shape (out, 1, …). peft trains W' = m · (W + ΔW) / ‖W + ΔW‖ per output row. ComfyUI
+  (comfy/weight_adapter/base.py `weight_decompose`) and Forge (backend/patcher/lora.py) pick
+  the output axis from that shape and compute dora_scale · (W + ΔW) / ‖W‖, dividing by the
+  norm of the *base* weight, so `dora_scale = m · ‖W‖ / ‖W + ΔW‖` makes them compute peft's
+  weight. (LyCORIS's own merge divides by ‖W + ΔW‖ and would see a slightly other
+  magnitude; the hosts are what load these files.) A1111 v1.10.1 always normalises per
+  input column, which no low-rank file can turn into peft's per-row magnitude: it loads the
+  file and computes another weight, and registry.NETWORKS says so to whoever delivers there.
+
+OFT is refused (registry.REFUSED_NETWORKS): peft rotates a layer's input features, the
+hosts' `oft_blocks` its output rows.
 """
 from __future__ import annotations
 
@@ -47,6 +57,7 @@ class NetworkType:
     layer_class: str                           # "module:Class" of its peft layer
     export: Callable[[Any, str], dict[str, "torch.Tensor"]] | None = None  # (peft layer, adapter) → slots
     args: tuple[tuple[str, str], ...] = ()     # ss_network_args LyCORIS writes besides algo and conv
+    peft_options: tuple[tuple[str, Any], ...] = ()  # further fields of the peft config
 
     def config(self, targets: list[str], rank: int, alpha: float, conv: dict[str, tuple[int, float]]):
         """The peft config: `rank`/`alpha` for `targets`, per-name (rank, alpha) for the convolutions in `conv`."""
@@ -55,8 +66,9 @@ class NetworkType:
         cls = getattr(peft, self.peft_config)
         fields = dict(r=rank, target_modules=targets, rank_pattern={t: r for t, (r, _) in conv.items()},
                       alpha_pattern={t: a for t, (_, a) in conv.items()})
-        if self.name == "lora":
-            # kaiming-uniform down, zero up: training starts at the base model
+        fields.update(self.peft_options)
+        if self.peft_config == "LoraConfig":
+            # kaiming-uniform down, zero up (DoRA: magnitude = the weight's norm): training starts at the base model
             return cls(lora_alpha=alpha, init_lora_weights=True, **fields)
         return cls(alpha=alpha, init_weights=True, **fields)
 
@@ -88,7 +100,31 @@ def _lokr_export(layer: Any, adapter: str) -> dict[str, "torch.Tensor"]:
     return {"lokr_w1": (factor(1) * float(layer.scaling[adapter])).cpu(), "lokr_w2": factor(2).cpu().contiguous()}
 
 
+def _row_norms(weight: "torch.Tensor") -> "torch.Tensor":
+    """‖row‖ per output channel, shaped (out, 1, …) to scale the weight."""
+    return weight.flatten(1).norm(dim=1).reshape(weight.shape[0], *[1] * (weight.ndim - 1))
+
+
+def _lora_diff(down: "torch.Tensor", up: "torch.Tensor", alpha: float, shape: tuple[int, ...]) -> "torch.Tensor":
+    return (alpha / down.shape[0]) * (up.flatten(1) @ down.flatten(1)).reshape(shape)
+
+
+def _dora_export(layer: Any, adapter: str) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    down = layer.lora_A[adapter].weight.detach().to("cpu", torch.float32, copy=True)
+    up = layer.lora_B[adapter].weight.detach().to("cpu", torch.float32, copy=True)
+    alpha = float(layer.scaling[adapter]) * down.shape[0]  # hosts scale by alpha / lora_down rows
+    weight = layer.get_base_layer().weight.detach().to("cpu", torch.float32)
+    magnitude = layer.lora_magnitude_vector[adapter].weight.detach().to("cpu", torch.float32).reshape(_row_norms(weight).shape)
+    # the hosts divide by the base weight's row norms, peft by the adapted weight's (module docstring)
+    scale = magnitude * _row_norms(weight) / _row_norms(weight + _lora_diff(down, up, alpha, tuple(weight.shape)))
+    return {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(alpha), "dora_scale": scale}
+
+
 LORA = NetworkType("lora", "LoraConfig", "peft.tuners.lora:LoraLayer")
+DORA = NetworkType("dora", "LoraConfig", "peft.tuners.lora:LoraLayer", _dora_export,
+                   (("dora_wd", "True"), ("wd_on_output", "True")), (("use_dora", True),))
 LOHA = NetworkType("loha", "LoHaConfig", "peft.tuners.loha:LoHaLayer", _loha_export)
 LOKR = NetworkType("lokr", "LoKrConfig", "peft.tuners.lokr:LoKrLayer", _lokr_export, (("factor", "-1"),))
 
@@ -171,26 +207,37 @@ def write_lycoris(
 
 # ----------------------------------------------------------------------------- reading back
 
-_SLOTS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "alpha"}
+_SLOTS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "alpha",
+          "lora_down.weight", "lora_up.weight", "dora_scale"}
 
 
 def read_lycoris(state: dict[str, "torch.Tensor"], path: Path | str = "") -> dict[str, dict[str, "torch.Tensor"]]:
-    """{kohya key: {slot: tensor}} of a LoHa/LoKr file; FormatError on anything else."""
+    """{kohya key: {slot: tensor}} of a LoHa/LoKr/DoRA file; FormatError on anything else."""
     modules: dict[str, dict[str, torch.Tensor]] = collections.defaultdict(dict)
     for key, tensor in state.items():
         name, _, slot = key.partition(".")
         if slot not in _SLOTS:
-            raise FormatError(f"{path}: {key} is not a LoHa/LoKr tensor this project reads (tucker, DoRA and OFT are not)")
+            raise FormatError(f"{path}: {key} is not a LoHa/LoKr tensor this project reads (tucker and OFT are not)")
         modules[name][slot] = tensor
+    for name, slots in modules.items():
+        if ("lora_down.weight" in slots) != ("dora_scale" in slots):
+            raise FormatError(f"{path}: {name} mixes plain LoRA and LyCORIS tensors; a DoRA module has lora_down/lora_up and dora_scale")
     return dict(modules)
 
 
-def lycoris_delta(slots: dict[str, "torch.Tensor"], weight_shape: tuple[int, ...]) -> "torch.Tensor":
-    """The weight change a LoHa/LoKr module makes at strength 1 (float32), by LyCORIS's rules."""
+def lycoris_delta(slots: dict[str, "torch.Tensor"], weight: "torch.Tensor") -> "torch.Tensor":
+    """The change a LoHa/LoKr/DoRA module makes to `weight` at strength 1 (float32), as the
+    hosts compute it (DoRA as ComfyUI and Forge do: see the module docstring)."""
     import torch
 
     s = {k: v.float() for k, v in slots.items()}
+    weight_shape = tuple(weight.shape)
     alpha = float(s["alpha"]) if "alpha" in s else None
+    if "dora_scale" in s:
+        w = weight.float()
+        down = s["lora_down.weight"]
+        merged = w + _lora_diff(down, s["lora_up.weight"], alpha if alpha is not None else down.shape[0], weight_shape)
+        return merged * (s["dora_scale"] / _row_norms(w)) - w
     if "hada_w1_a" in s:
         rank = s["hada_w1_b"].shape[0]
         delta = (s["hada_w1_a"] @ s["hada_w1_b"]) * (s["hada_w2_a"] @ s["hada_w2_b"])
@@ -211,11 +258,11 @@ def lycoris_delta(slots: dict[str, "torch.Tensor"], weight_shape: tuple[int, ...
 
 
 def is_lycoris(keys: list[str]) -> bool:
-    return any(k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a")) for k in keys)
+    return any(k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a", ".dora_scale")) for k in keys)
 
 
 def read_network_file(path: str | Path) -> dict[str, dict[str, "torch.Tensor"]] | None:
-    """The modules of a LoHa/LoKr `.safetensors` file; None when it is not one (a plain LoRA)."""
+    """The modules of a LoHa/LoKr/DoRA `.safetensors` file; None when it is not one (a plain LoRA)."""
     from ..fileio import load_state_dict, read_shapes, require_file
 
     p = require_file(path, "network file")
@@ -225,7 +272,7 @@ def read_network_file(path: str | Path) -> dict[str, dict[str, "torch.Tensor"]] 
 
 
 def merge_network(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor"]], multiplier: float = 1.0) -> "BaseModel":
-    """Add a LoHa/LoKr network into `model`'s weights in place, as the hosts apply it.
+    """Add a LoHa/LoKr/DoRA network into `model`'s weights in place, as the hosts apply it.
 
     Checked before anything changes: every module must name a layer of `model` whose size
     its weight change has, else FamilyError (a network of another model would do harm)."""
@@ -240,7 +287,7 @@ def merge_network(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor
         found = names.module(key)
         weight = parts[found[0]].get_submodule(found[1]).weight if found else None
         try:
-            delta = lycoris_delta(slots, tuple(weight.shape)) if weight is not None else None
+            delta = lycoris_delta(slots, weight) if weight is not None else None
         except RuntimeError:  # shapes that do not multiply out to this layer
             delta = None
         if delta is None:
@@ -253,10 +300,22 @@ def merge_network(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor
     return model
 
 
+def _peft_tensors(layer: Any, slots: dict[str, "torch.Tensor"], adapter: str) -> dict[str, tuple["torch.Tensor", "torch.Tensor"]]:
+    """{slot: (peft parameter, value)} that make an injected peft layer compute this module."""
+    if "dora_scale" not in slots:
+        return {k: (getattr(layer, k)[adapter], v) for k, v in slots.items() if k != "alpha"}
+    base = layer.get_base_layer().weight.detach().float()
+    down, up = slots["lora_down.weight"].float(), slots["lora_up.weight"].float()
+    merged = base + _lora_diff(down, up, float(slots["alpha"]), tuple(base.shape))
+    magnitude = slots["dora_scale"].float() * _row_norms(merged) / _row_norms(base)  # the inverse of _dora_export
+    return {"lora_down.weight": (layer.lora_A[adapter].weight, down), "lora_up.weight": (layer.lora_B[adapter].weight, up),
+            "dora_scale": (layer.lora_magnitude_vector[adapter].weight, magnitude)}
+
+
 def network_into_peft(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor"]], adapter_name: str = "default") -> "BaseModel":
-    """Inject a LoHa/LoKr file's modules into `model` as the peft adapter `adapter_name`, so it
-    computes what the hosts do (to sample or train on with peft). LoKr's whole factors load
-    as peft's whole `lokr_w1`/`lokr_w2` with alpha = r (scale 1: the file's scale is in w1)."""
+    """Inject a LoHa/LoKr/DoRA file's modules into `model` as the peft adapter `adapter_name`,
+    so it computes what the hosts do (to sample or train on with peft). LoKr's whole factors
+    load as peft's whole `lokr_w1`/`lokr_w2` with alpha = r (scale 1: the file's scale is in w1)."""
     import collections
 
     import torch
@@ -266,31 +325,30 @@ def network_into_peft(model: "BaseModel", modules: dict[str, dict[str, "torch.Te
     from .lora_keys import model_parts, names_for_model
 
     names, parts = names_for_model(model), model_parts(model)
-    lokr = any("lokr_w1" in s for s in modules.values())
-    net = LOKR if lokr else LOHA
+    kind = next(("dora" if "dora_scale" in s else "lokr" if "lokr_w1" in s else "loha") for s in modules.values())
+    net = {"dora": DORA, "lokr": LOKR, "loha": LOHA}[kind]
+    needed = {"dora": {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"}, "lokr": {"lokr_w1", "lokr_w2"},
+              "loha": {"hada_w1_b", "alpha"}}[kind]
     plan: dict[str, dict[str, tuple[int, float, dict[str, torch.Tensor]]]] = collections.defaultdict(dict)
     for key, slots in modules.items():
         found = names.module(key)
-        if found is None or (lokr and not {"lokr_w1", "lokr_w2"} <= set(slots)) or (not lokr and "hada_w1_b" not in slots):
+        if found is None or not needed <= set(slots):
             raise FamilyError(f"network module {key} names no layer of this {model.family.title} model, or is not "
-                              "a LoHa/LoKr module written with whole LoKr factors")
-        if lokr:
+                              f"a {kind} module as written here ({', '.join(sorted(needed))}; LoKr with whole factors)")
+        if kind == "lokr":
             w2 = slots["lokr_w2"]
             r = int(sum(w2.shape))  # large enough that peft keeps lokr_w2 whole
             plan[found[0]][found[1]] = (r, float(r), slots)
         else:
-            plan[found[0]][found[1]] = (int(slots["hada_w1_b"].shape[0]), float(slots["alpha"]), slots)
+            rows = slots["lora_down.weight" if kind == "dora" else "hada_w1_b"].shape[0]
+            plan[found[0]][found[1]] = (int(rows), float(slots["alpha"]), slots)
     for part, entries in plan.items():
         first = next(iter(entries.values()))
         config = net.config(sorted(entries), first[0], first[1], {n: (r, a) for n, (r, a, _) in entries.items()})
         inject_adapter_in_model(config, parts[part], adapter_name=adapter_name)
         with torch.no_grad():
             for name, (_, _, slots) in entries.items():
-                layer = parts[part].get_submodule(name)
-                for slot, tensor in slots.items():
-                    if slot == "alpha":
-                        continue
-                    target = getattr(layer, slot)[adapter_name]
+                for slot, (target, tensor) in _peft_tensors(parts[part].get_submodule(name), slots, adapter_name).items():
                     if target.numel() != tensor.numel():
                         raise FamilyError(f"network module {name}: {slot} has {tuple(tensor.shape)}, peft expects {tuple(target.shape)}")
                     target.copy_(tensor.reshape(target.shape))
@@ -298,7 +356,8 @@ def network_into_peft(model: "BaseModel", modules: dict[str, dict[str, "torch.Te
 
 
 def math_refusal(operation: str) -> str:
-    """Why `operation` (resize, convert) cannot take a LoHa/LoKr file."""
+    """Why `operation` (resize, convert) cannot take a LoHa/LoKr/DoRA file."""
     return (f"{operation} works on plain LoRA (down/up) files only: a LoHa/LoKr weight change is a "
-            "Hadamard/Kronecker product with no rank-r down/up factors to cut, and diffusers has no "
-            "layout for it; merge it into a checkpoint (lora merge) or load it in A1111/ComfyUI as it is")
+            "Hadamard/Kronecker product with no rank-r down/up factors to cut, a DoRA change rescales "
+            "whole rows of the base weight, and the diffusers layout here holds plain LoRA; merge it "
+            "into a checkpoint (lora merge) or load it in ComfyUI/Forge (LoHa/LoKr also A1111) as it is")

@@ -19,7 +19,7 @@ from typing import Iterable, Mapping
 from ..config import TrainConfig
 from ..errors import OutputExistsError, UserError
 from ..events import Artifact
-from ..registry import method_kind
+from ..registry import NETWORKS, method_kind
 from ..train.run_dir import RunDir
 from .names import HOST_KINDS, destination, host_artifacts, is_step_save, prompt_hint, step_save_names, usage_prompt
 from .plan import FinishedRun, Published, RunPlan, placed_by_a_run, plan_run, record_finished
@@ -65,6 +65,13 @@ def check_start(config: TrainConfig, folders: Mapping[str, str | os.PathLike]) -
     return dest
 
 
+def host_note(config: TrainConfig, host: str) -> str:
+    """What `host` does differently with the file this run writes ('' when it computes what was
+    trained): a DoRA file in A1111, say (registry.NetworkSpec.host_notes)."""
+    spec = NETWORKS.get(config.network) if config.method == "lora" else None
+    return spec.note_for(host) if spec else ""
+
+
 @dataclass
 class Delivered:
     """One artifact as the host now has it (or why it could not be placed)."""
@@ -76,6 +83,7 @@ class Delivered:
     prompt_hint: str   # e.g. "<lora:zwx_dog:0.8>"
     prompt: str        # e.g. "a photo of zwx dog <lora:zwx_dog:0.8>"
     error: str = ""
+    warning: str = ""  # the host loads the file but computes something else than was trained
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,7 +106,8 @@ def deliver(
     for art in [*step_saves(artifacts, config), *host_artifacts(artifacts)]:
         name = art.name or config.name
         hint = prompt_hint(art.kind, name, host)
-        item = Delivered(art.kind, name, "", art.path, hint, usage_prompt(config, art.kind, name, host))
+        item = Delivered(art.kind, name, "", art.path, hint, usage_prompt(config, art.kind, name, host),
+                         warning=host_note(config, host) if art.kind == "lora" else "")
         try:
             item.path = str(publish(art.path, art.kind, name, folders[art.kind], overwrite=config.overwrite))
         except (UserError, OSError) as exc:

@@ -62,7 +62,7 @@ class LoraMethod(Method):
         if cfg.network != "lora":
             from ..train.packed_convs import keep_dense
 
-            for name in targets:  # LyCORIS layers read their base weight's shape at every step
+            for name in targets:  # LyCORIS and DoRA layers read their base weight (shape, norm) at every step
                 keep_dense(m.unet.get_submodule(name).get_base_layer())
 
     def trainable_modules(self) -> dict[str, "torch.nn.Module"]:
@@ -103,7 +103,7 @@ class LoraMethod(Method):
         return out
 
     def save_lycoris(self, info: SaveInfo, text_encoders: list) -> "Artifact":
-        """A LoHa/LoKr network in the LyCORIS layout both hosts read (formats.networks)."""
+        """A LoHa/LoKr/DoRA network in the LyCORIS layout the hosts read (formats.networks)."""
         from ..formats.networks import lycoris_from_peft_model, network_type, write_lycoris
 
         cfg = self.config

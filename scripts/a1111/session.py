@@ -124,6 +124,7 @@ class Session:
             delivered = deliver(job.artifacts, job.config, host.output_folders())
             with self._lock:
                 rec.delivered = delivered
+                rec.notes.extend(dict.fromkeys(f"warning: {d.warning}" for d in delivered if d.warning))
                 if not delivered:
                     rec.notes.append(f"the run finished but reported no file for the WebUI: look in {job.run_dir}")
         if self.manager.current is None:

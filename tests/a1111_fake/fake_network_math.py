@@ -10,7 +10,11 @@ when w2 is 4-D) reshaped to the weight for a conv, else to [w1 rows·w2 rows, w1
 cols]. The LoKr module sets its `dim` from `lokr_w1_b`/`lokr_w2_b` with a truth test on
 the tensor itself (which raises for a tensor of more than one element, as in the host).
 Then the shared finishing step: reshape to the weight when the element counts agree, and
-scale by `scale` if given, else alpha/dim when both are known, else 1, times the multiplier.
+scale by `scale` if given, else alpha/dim when both are known, else 1. A module with a
+`dora_scale` (any type) then goes through `apply_weight_decompose`: merged = change +
+weight, normalised per input column (transpose(0, 1), norm of each column over all other
+axes, no epsilon) and multiplied by `dora_scale` as it broadcasts, whatever its shape; the
+change is merged · dora_scale / norm − weight. Last, times the multiplier.
 """
 from __future__ import annotations
 
@@ -67,4 +71,17 @@ def calc_updown(slots: dict[str, torch.Tensor], orig_weight: torch.Tensor, multi
         updown = updown.reshape(orig_weight.shape)
     if scale is None:
         scale = alpha / dim if dim is not None and alpha is not None else 1.0
-    return updown * scale * multiplier
+    updown = updown * scale
+    if "dora_scale" in slots:
+        updown = apply_weight_decompose(updown, orig_weight, slots["dora_scale"])
+    return updown * multiplier
+
+
+def apply_weight_decompose(updown: torch.Tensor, orig_weight: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:
+    orig_weight = orig_weight.to(updown.dtype)
+    dora_scale = dora_scale.to(updown.dtype)
+    merged = updown + orig_weight
+    norm_dims = orig_weight.ndim - 1
+    column_norm = (merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
+                   .reshape(merged.shape[1], *[1] * norm_dims).transpose(0, 1))
+    return merged * (dora_scale / column_norm) - orig_weight

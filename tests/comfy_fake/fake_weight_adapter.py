@@ -10,6 +10,14 @@ lokr_w2_a) and mark the tensors they take as loaded; every key never marked is l
 unit axes when w2 is 4-D) where rank is the rows of the last split factor (`_b`) and stays
 unknown when both factors are whole. Scale alpha/rank when alpha and rank are known, else 1;
 then weight + strength · scale · change, reshaped to the weight.
+
+DoRA: `<prefix>.dora_scale` is read (and counted as loaded) beside alpha and kept with the
+adapter; the change then goes through base.py `weight_decompose`: merged = weight + scaled
+change; on the output axis (dora_scale.shape[0] == weight.shape[0]) it is divided by the
+row norms of the *unchanged* weight, otherwise by the column norms of the merged weight
+(each + float32 eps), times dora_scale; strength s gives weight + s · (that − weight).
+Forge f2.0.1 (backend/patcher/lora.py `weight_decompose`, "modified from" ComfyUI's) is the
+same arithmetic, so this fake stands for both.
 """
 from __future__ import annotations
 
@@ -29,6 +37,9 @@ def load_lora(lora: dict[str, torch.Tensor], prefixes: list[str]) -> tuple[dict[
         if f"{x}.alpha" in lora:
             alpha = lora[f"{x}.alpha"].item()
             loaded.add(f"{x}.alpha")
+        dora_scale = lora.get(f"{x}.dora_scale")
+        if dora_scale is not None:
+            loaded.add(f"{x}.dora_scale")
         adapter = None
         if f"{x}.lora_up.weight" in lora:
             adapter = {"type": "lora", "up": lora[f"{x}.lora_up.weight"], "down": lora[f"{x}.lora_down.weight"]}
@@ -43,6 +54,7 @@ def load_lora(lora: dict[str, torch.Tensor], prefixes: list[str]) -> tuple[dict[
             loaded.update(names)
         if adapter is not None:
             adapter["alpha"] = alpha
+            adapter["dora_scale"] = dora_scale
             patches[x] = adapter
     left = set(lora) - loaded
     for key in sorted(left):
@@ -51,7 +63,7 @@ def load_lora(lora: dict[str, torch.Tensor], prefixes: list[str]) -> tuple[dict[
 
 
 def calculate_weight(adapter: dict, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-    f = {k: v.float() for k, v in adapter.items() if isinstance(v, torch.Tensor)}
+    f = {k: v.float() for k, v in adapter.items() if isinstance(v, torch.Tensor) and k != "dora_scale"}
     dim = None
     if adapter["type"] == "lora":
         dim = f["down"].shape[0]
@@ -75,4 +87,17 @@ def calculate_weight(adapter: dict, weight: torch.Tensor, strength: float = 1.0)
         diff = torch.kron(w1, w2)
     alpha = adapter["alpha"]
     scale = alpha / dim if alpha is not None and dim is not None else 1.0
+    if adapter.get("dora_scale") is not None:
+        return weight_decompose(adapter["dora_scale"].float(), weight.float(), diff.reshape(weight.shape), scale, strength).to(weight.dtype)
     return weight + (strength * scale * diff).reshape(weight.shape).to(weight.dtype)
+
+
+def weight_decompose(dora_scale: torch.Tensor, weight: torch.Tensor, diff: torch.Tensor, alpha: float, strength: float) -> torch.Tensor:
+    calc = weight + diff * alpha
+    if dora_scale.shape[0] == calc.shape[0]:
+        norm = weight.reshape(weight.shape[0], -1).norm(dim=1, keepdim=True).reshape(weight.shape[0], *[1] * (weight.ndim - 1))
+    else:
+        norm = (calc.transpose(0, 1).reshape(calc.shape[1], -1).norm(dim=1, keepdim=True)
+                .reshape(calc.shape[1], *[1] * (calc.ndim - 1)).transpose(0, 1))
+    calc = calc * (dora_scale / (norm + torch.finfo(weight.dtype).eps))
+    return weight + strength * (calc - weight) if strength != 1.0 else calc
