@@ -167,14 +167,17 @@ def test_a_200_token_caption_is_encoded_in_chunks_as_a1111_does(clip_skip):
 def test_a_chunk_breaks_after_a_nearby_comma():
     from dreambooth_core.data.long_prompts import split_chunks
 
+    def split(ids, max_chunks):
+        return [chunk.ids for chunk in split_chunks([(ids, 1.0)], comma, max_chunks)]
+
     comma = -1
     ids = list(range(70)) + [comma] + list(range(100, 110))     # a comma 5 tokens before the 75th
-    chunks = split_chunks(ids, comma, 3)
+    chunks = split(ids, 3)
     assert chunks == [ids[:71], ids[71:]]
     far = list(range(40)) + [comma] + list(range(100, 140))     # comma 35 back: a plain cut
-    assert split_chunks(far, comma, 3) == [far[:75], far[75:]]
-    assert split_chunks(far, comma, 1) == [far[:75]]
-    assert split_chunks([], comma, 3) == [[]]
+    assert split(far, 3) == [far[:75], far[75:]]
+    assert split(far, 1) == [far[:75]]
+    assert split([], 3) == [[]]
 
 
 def test_short_prompts_encode_as_the_diffusers_pipeline_does_and_batches_pad_with_empty_chunks():
@@ -209,7 +212,7 @@ def test_sdxl_long_prompts_take_the_pooled_output_of_the_first_chunk():
     with torch.no_grad():
         full = encode_prompts(model, [prompt], TextEncoding(150))
         first = encode_rows(model.text_encoders, model.tokenizers, model.family, [[r[:1] for r in rows]])
-    assert [len(r) for r in rows] == [2, 2] and rows[1][0][-1] == 0     # OpenCLIP-G pads with '!'
+    assert [len(r) for r in rows] == [2, 2] and rows[1][0].ids[-1] == 0     # OpenCLIP-G pads with '!'
     assert full.hidden.shape == (1, 2 * 77, first.hidden.shape[-1])
     torch.testing.assert_close(full.hidden[:, :77], first.hidden, rtol=0, atol=1e-6)
     torch.testing.assert_close(full.pooled, first.pooled, rtol=0, atol=1e-6)
