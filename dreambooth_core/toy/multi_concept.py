@@ -43,10 +43,10 @@ class ToyConcept:
         return {"image_dir": str(folder), "token": self.token, "class_noun": self.subject.cls, "repeats": self.repeats}
 
 
-# 8 photos of the first subject against 2 of the second, which 4 repeats balance per epoch.
+# 8 photos of the first subject against 4 of the second, which 2 repeats balance per epoch.
 BALANCED: tuple[ToyConcept, ...] = (
     ToyConcept("sks", W.SUBJECT, photos=8),
-    ToyConcept("ohwx", W.SECOND_SUBJECT, photos=2, repeats=4, seed=1),
+    ToyConcept("ohwx", W.SECOND_SUBJECT, photos=4, repeats=2, seed=1),
 )
 UNBALANCED: tuple[ToyConcept, ...] = tuple(replace(c, repeats=1) for c in BALANCED)
 STEPS = 600  # twice the demo's single-subject LoRA run: each subject gets about its steps
