@@ -1,6 +1,6 @@
 """Does one run learn two subjects? On the bundled toy model: LoRA (the demo's settings)
-trained once on two concepts, 8 photos of the teal ball ("sks") and 2 of the purple box
-("ohwx"), with the box's repeats balancing the two (4) and, with --unbalanced, also without
+trained once on two concepts, 8 photos of the teal ball ("sks") and 4 of the purple box
+("ohwx"), with the box's repeats balancing the two (2) and, with --unbalanced, also without
 (1). Each subject's prompt is scored by the toy evaluator for that subject, against the
 untrained base.
 

@@ -1,5 +1,5 @@
 """Several concepts in one run, on the bundled toy model: one LoRA run with the teal ball
-("sks", 8 photos) and the purple box ("ohwx", 2 photos repeated 4 times) learns both
+("sks", 8 photos) and the purple box ("ohwx", 4 photos repeated twice) learns both
 subjects, each by the single-subject LoRA margin over the base (test_toy_learning.py).
 
 The run is benchmarks/bench_two_concepts.py's; its measured numbers are in the comments.
