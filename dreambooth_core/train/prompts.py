@@ -85,9 +85,8 @@ def encode_rows(text_encoders: list, tokenizers: list, family: "Family", rows: l
         for c in range(n_chunks):
             chunks = [r[k][c] if c < len(r[k]) else empty for r in rows]
             hidden, pool = _encode_rows(te, torch.tensor([ch.ids for ch in chunks]), family, clip_skip)
-            weights = torch.tensor([ch.weights for ch in chunks])
-            if (weights != 1).any():
-                hidden = emphasize(hidden, weights)
+            if any(w != 1.0 for ch in chunks for w in ch.weights):   # decided in Python: no host sync, plannable
+                hidden = emphasize(hidden, torch.tensor([ch.weights for ch in chunks]))
             pieces.append(hidden)
             if c == 0 and pool is not None:
                 pooled = pool
