@@ -81,6 +81,10 @@ class TrainConfig:
     tag_dropout_rate: float = 0.0
     max_token_length: int = 225          # 75, 150 or 225: prompts are encoded in 75-token chunks
     clip_skip: int = 1
+    # kohya's weighted_captions: read A1111's (word:1.2) emphasis and BREAK in training and
+    # class prompts; off, brackets are caption text (booru tags such as "miku (vocaloid)").
+    # Previews always read them, as the hosts do.
+    weighted_captions: bool = False
 
     # optimisation
     train_batch_size: int = 1
@@ -319,7 +323,14 @@ class TrainConfig:
     def text_encoding(self):
         from .train.prompts import TextEncoding
 
-        return TextEncoding(self.max_token_length, self.clip_skip)
+        return TextEncoding(self.max_token_length, self.clip_skip, self.weighted_captions)
+
+    @property
+    def preview_encoding(self):
+        """Previews are prompted as A1111 and ComfyUI prompt: emphasis and BREAK always read."""
+        import dataclasses
+
+        return dataclasses.replace(self.text_encoding, emphasis=True)
 
 
     def check_name(self) -> None:

@@ -108,13 +108,19 @@ def generate(
 def prompt_inputs(model: "BaseModel", pipe, prompts: list[str], negative_prompt: str,
                   encoding: "TextEncoding | None") -> dict[str, Any] | None:
     """The pipeline's prompt_embeds arguments when `encoding` differs from the pipeline's own
-    (a prompt over 75 tokens, or clip skip); None otherwise. Prompt and negative prompt are
-    encoded as one batch, so the shorter is padded with empty chunks as A1111 pads them."""
-    from .data.long_prompts import chunk_size, token_count
+    (a prompt over 75 tokens, clip skip, or A1111 emphasis or BREAK it reads); None otherwise.
+    Prompt and negative prompt are encoded as one batch, so the shorter is padded with empty
+    chunks as A1111 pads them."""
+    from .data.long_prompts import chunk_size, is_plain, token_count
     from .train.prompts import encode_prompts
 
     tok = model.tokenizers[0]
-    if encoding is None or (encoding.clip_skip == 1 and all(token_count(tok, p) <= chunk_size(tok) for p in [*prompts, negative_prompt])):
+    texts = [*prompts, negative_prompt]
+    if encoding is None:
+        return None
+    fits = all(token_count(tok, p) <= chunk_size(tok) for p in texts)
+    weighted = encoding.emphasis and not all(map(is_plain, texts))
+    if encoding.clip_skip == 1 and fits and not weighted:
         return None
     both = encode_prompts(model, [*prompts, *[negative_prompt] * len(prompts)], encoding)
     n = len(prompts)

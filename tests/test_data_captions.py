@@ -167,14 +167,17 @@ def test_a_200_token_caption_is_encoded_in_chunks_as_a1111_does(clip_skip):
 def test_a_chunk_breaks_after_a_nearby_comma():
     from dreambooth_core.data.long_prompts import split_chunks
 
+    def split(ids, max_chunks):
+        return [chunk.ids for chunk in split_chunks([(ids, 1.0)], comma, max_chunks)]
+
     comma = -1
     ids = list(range(70)) + [comma] + list(range(100, 110))     # a comma 5 tokens before the 75th
-    chunks = split_chunks(ids, comma, 3)
+    chunks = split(ids, 3)
     assert chunks == [ids[:71], ids[71:]]
     far = list(range(40)) + [comma] + list(range(100, 140))     # comma 35 back: a plain cut
-    assert split_chunks(far, comma, 3) == [far[:75], far[75:]]
-    assert split_chunks(far, comma, 1) == [far[:75]]
-    assert split_chunks([], comma, 3) == [[]]
+    assert split(far, 3) == [far[:75], far[75:]]
+    assert split(far, 1) == [far[:75]]
+    assert split([], 3) == [[]]
 
 
 def test_short_prompts_encode_as_the_diffusers_pipeline_does_and_batches_pad_with_empty_chunks():
@@ -209,11 +212,100 @@ def test_sdxl_long_prompts_take_the_pooled_output_of_the_first_chunk():
     with torch.no_grad():
         full = encode_prompts(model, [prompt], TextEncoding(150))
         first = encode_rows(model.text_encoders, model.tokenizers, model.family, [[r[:1] for r in rows]])
-    assert [len(r) for r in rows] == [2, 2] and rows[1][0][-1] == 0     # OpenCLIP-G pads with '!'
+    assert [len(r) for r in rows] == [2, 2] and rows[1][0].ids[-1] == 0     # OpenCLIP-G pads with '!'
     assert full.hidden.shape == (1, 2 * 77, first.hidden.shape[-1])
     torch.testing.assert_close(full.hidden[:, :77], first.hidden, rtol=0, atol=1e-6)
     torch.testing.assert_close(full.pooled, first.pooled, rtol=0, atol=1e-6)
 
+
+
+# ---- A1111 emphasis and BREAK ---------------------------------------------------------
+@pytest.mark.parametrize("text, parsed", [
+    # the examples A1111's parse_prompt_attention documents
+    ("normal text", [("normal text", 1.0)]),
+    ("an (important) word", [("an ", 1.0), ("important", 1.1), (" word", 1.0)]),
+    ("(unbalanced", [("unbalanced", 1.1)]),
+    (r"\(literal\]", [("(literal]", 1.0)]),
+    ("(unnecessary)(parens)", [("unnecessaryparens", 1.1)]),
+    ("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+     [("a ", 1.0), ("house", 1.1 * 1.1 * 1.3), (" ", 1.1), ("on", 1.0), (" a ", 1.1), ("hill", 0.55),
+      (", sun, ", 1.1), ("sky", 1.1 ** 4), (".", 1.1)]),
+    # BREAK is a marker of weight -1 (inside brackets it is scaled, so no longer a break)
+    ("red hair BREAK blue eyes", [("red hair", 1.0), ("BREAK", -1.0), ("blue eyes", 1.0)]),
+    ("(a BREAK b)", [("a", 1.1), ("BREAK", -1.1), ("b", 1.1)]),
+    ("miku (vocaloid:", [("miku ", 1.0), ("vocaloid:", 1.1)]),
+    ("", [("", 1.0)]),
+])
+def test_emphasis_is_read_as_a1111_reads_it(text, parsed):
+    from dreambooth_core.data.long_prompts import is_plain, parse_emphasis
+
+    got = parse_emphasis(text)
+    assert [t for t, _ in got] == [t for t, _ in parsed]
+    assert [w for _, w in got] == pytest.approx([w for _, w in parsed])
+    assert is_plain(text) == (got == [(text, 1.0)])
+
+
+def test_weights_and_break_encode_as_a1111_does():
+    """A1111's tokenize_line + "Original" emphasis restated: each parsed fragment tokenised
+    on its own, BREAK ends the chunk, each token's output row times its weight, then the
+    chunk rescaled to its unweighted mean."""
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.train.prompts import TextEncoding, encode_prompts
+
+    model = tiny_base_model("sd1")
+    tok, te = model.tokenizers[0], model.text_encoders[0]
+    prompt = "a photo of (zwx:1.5) dog BREAK [red] hair"
+
+    def ids(text):
+        return tok(text, add_special_tokens=False).input_ids
+
+    start, end = tok.bos_token_id, tok.eos_token_id
+    first = [(ids("a photo of "), 1.0), (ids("zwx"), 1.5), (ids(" dog"), 1.0)]
+    second = [(ids("red"), 1 / 1.1), (ids(" hair"), 1.0)]
+    zs = []
+    with torch.no_grad():
+        for fragments in (first, second):
+            tokens = [t for piece, _ in fragments for t in piece]
+            weights = [w for piece, w in fragments for _ in piece]
+            pad = 75 - len(tokens)
+            z = te(torch.tensor([[start, *tokens, end] + [end] * pad])).last_hidden_state
+            mean = z.mean()
+            z = z * torch.tensor([1.0, *weights, 1.0] + [1.0] * pad)[None, :, None]
+            zs.append(z * (mean / z.mean()))
+        ref = torch.hstack(zs)
+        ours = encode_prompts(model, [prompt], TextEncoding(emphasis=True)).hidden
+        literal = encode_prompts(model, [prompt], TextEncoding()).hidden
+        pipeline = build_pipeline_encode(model, prompt)
+    assert ours.shape == ref.shape == (1, 2 * 77, te.config.hidden_size)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    # emphasis off (training captions without weighted_captions): the brackets are caption text
+    torch.testing.assert_close(literal, pipeline, rtol=0, atol=1e-6)
+
+
+def build_pipeline_encode(model, prompt: str) -> torch.Tensor:
+    from dreambooth_core.sample import build_pipeline
+
+    return build_pipeline(model).encode_prompt(prompt, "cpu", 1, False)[0]
+
+
+def test_previews_read_emphasis_and_training_prompts_only_with_weighted_captions(tmp_path):
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.sample import build_pipeline, prompt_inputs
+    from test_train_support import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    assert not cfg.text_encoding.emphasis and cfg.preview_encoding.emphasis
+    assert tiny_config(tmp_path, weighted_captions=True).text_encoding.emphasis
+    model = tiny_base_model("sd1")
+    pipe = build_pipeline(model)
+    # a plain preview prompt stays with the pipeline's own encoding; a weighted one does not
+    assert prompt_inputs(model, pipe, ["a photo of zwx dog"], "", cfg.preview_encoding) is None
+    assert prompt_inputs(model, pipe, ["a photo of (zwx:1.3) dog"], "", cfg.text_encoding) is None
+    weighted = prompt_inputs(model, pipe, ["a photo of (zwx:1.3) dog"], "", cfg.preview_encoding)
+    with torch.no_grad():
+        plain = build_pipeline_encode(model, "a photo of zwx dog")
+    assert weighted["prompt_embeds"].shape == plain.shape
+    assert not torch.allclose(weighted["prompt_embeds"], plain, atol=1e-4)
 
 # ---- buckets ---------------------------------------------------------------------------
 def photo(folder: Path, name: str, size: tuple[int, int], seed: int) -> None:

@@ -220,3 +220,29 @@ def test_score_all_and_table(instances) -> None:
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| method")
     assert f"{scores['subject_fidelity']:.3f}" in lines[2] and "0.010" in lines[3]
+
+
+def test_the_second_subject_is_scored_by_its_own_colours(instances) -> None:
+    """A two-concept run is judged per subject: each subject's photos score high as
+    themselves and nothing as the other; its body alone is half of it, as for the first."""
+    second = W.instance_images(6, seed=1, subject=W.SECOND_SUBJECT)
+    assert W.instance_prompt("ohwx", subject=W.SECOND_SUBJECT) == "a photo of a ohwx box"
+    for images in (second, degrade(second)):
+        assert E.subject_fidelity(images, W.SECOND_SUBJECT) > 0.6
+        assert E.subject_fidelity(images) < 0.02
+    assert E.subject_fidelity(instances, W.SECOND_SUBJECT) < 0.02
+    assert E.class_fidelity(second, "box") > 0.9
+    rng = np.random.default_rng(5)
+    body = [W.sample_scene(rng, cls="box", color="purple", two_tone=False).render() for _ in range(6)]
+    assert 0.4 < E.subject_fidelity(body, W.SECOND_SUBJECT) < 0.55
+    assert E.prior_preservation(second, W.SECOND_SUBJECT) < 0.05
+    assert E.prior_preservation(W.class_images(60, cls="box"), W.SECOND_SUBJECT) > 0.75
+
+
+def test_a_subject_needs_two_colours_that_no_photo_background_has() -> None:
+    with pytest.raises(ValueError, match="two colours"):
+        W.Subject("box", "purple", "purple")
+    with pytest.raises(ValueError, match="two colours"):
+        W.Subject("box", "purple", "gray")
+    with pytest.raises(ValueError, match="unknown class"):
+        W.Subject("dog", "purple", "yellow")

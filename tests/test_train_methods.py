@@ -130,6 +130,41 @@ def test_textual_inversion(tmp_path, family):
         assert not torch.allclose(text_output(base, "a photo of zwx_dog zwx_dog_1", i), text_output(base, "a photo of dog dog", i))
 
 
+def test_textual_inversion_learns_one_embedding_per_concept_token(tmp_path):
+    """Two concepts, two tokens: each gets its own vectors (from its own class noun) and its
+    own file named after it; both train, and each file gives the trained encoder's output."""
+    from dreambooth_core.formats.embeddings import load_embedding_into, read_embedding
+    from test_train_support import make_images
+
+    dirs = [make_images(tmp_path / name, n=2, seed=i) for i, name in enumerate(("dogs", "cats"))]
+    cfg = tiny_config(tmp_path, method="textual_inversion", num_vectors=2, max_train_steps=3, concepts=[
+        {"image_dir": str(dirs[0]), "token": "zwx", "class_noun": "dog", "repeats": 2},
+        {"image_dir": str(dirs[1]), "token": "qkv", "class_noun": "cat"},
+    ])
+    base = tiny_base_model("sd1")
+    result, _, trained = train(cfg)
+    artifacts = {a.name: a for a in result.outputs if a.kind == "embedding"}
+    assert set(artifacts) == {"zwx_dog_zwx", "zwx_dog_qkv"}
+    assert all(a.path.endswith(f"outputs/{name}.safetensors") and a.prompt_hint == name for name, a in artifacts.items())
+
+    tok, weight = base.tokenizers[0], base.text_encoders[0].get_input_embeddings().weight
+    n = weight.shape[0]
+    trained_rows = trained.text_encoders[0].get_input_embeddings().weight[n:]
+    assert trained_rows.shape[0] == 4
+    for i, (token, init) in enumerate((("zwx", "dog"), ("qkv", "cat"))):
+        emb = read_embedding(artifacts[f"zwx_dog_{token}"].path)
+        assert emb.num_vectors == 2 and read_safetensors_metadata(artifacts[f"zwx_dog_{token}"].path)["dreambooth_core.token"] == token
+        vectors = emb.vectors["emb_params"]
+        torch.testing.assert_close(vectors, trained_rows[2 * i : 2 * i + 2].float())
+        start, other = (weight[tok(w, add_special_tokens=False).input_ids[0]] for w in (init, {"dog": "cat", "cat": "dog"}[init]))
+        assert all(not torch.equal(row, start) for row in vectors)      # both tokens trained...
+        assert all((row - start).norm() < (row - other).norm() for row in vectors)  # ...from their own class
+        load_embedding_into(base, emb, token=token)
+    # the files, loaded into a fresh base under their tokens, give the trained encoder's output
+    prompt = "a photo of zwx zwx_1 dog and qkv qkv_1 cat"
+    torch.testing.assert_close(text_output(base, prompt), text_output(trained, prompt))
+
+
 @pytest.mark.parametrize("family", FAMILY_PARAMS)
 def test_hypernetwork(tmp_path, family):
     from dreambooth_core.formats.hypernetwork import apply_hypernetwork, load_hypernetwork

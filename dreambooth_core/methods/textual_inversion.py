@@ -4,9 +4,14 @@ The new token's rows live in a small trainable parameter that a forward hook sub
 into the token embedding's output. Every other row is never touched by the optimizer, so
 it stays bit-identical whatever the weight decay or optimizer, and optimizer state holds
 n×d numbers rather than a copy of the whole 49408-row vocabulary.
+
+A run with several concepts learns one embedding per concept token (each initialised from
+its own class noun) and saves one file per token, `<name>_<token>.safetensors`: hosts hold
+one embedding per file and name it after the file, so each token is its own prompt word.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,7 +19,20 @@ import torch
 from .base import Method, SaveInfo
 
 if TYPE_CHECKING:
+    from ..config import TrainConfig
     from ..events import Artifact
+
+
+def concept_tokens(config: "TrainConfig") -> dict[str, str]:
+    """{token: init word} of the concepts that train (not class-image sets), in their order;
+    concepts that share a token share its embedding (initialised from the first's class)."""
+    from ..data.concepts import concept_runs
+
+    tokens: dict[str, str] = {}
+    for run in concept_runs(config):
+        if not run.concept.is_reg:
+            tokens.setdefault(run.config.token, run.config.effective_init_word)
+    return tokens
 
 
 class TokenRows(torch.nn.Module):
@@ -55,9 +73,11 @@ class TextualInversionMethod(Method):
         from ..formats.embeddings import add_tokens
 
         cfg = self.config
+        self.tokens = concept_tokens(cfg)
         self.rows: dict[str, TokenRows] = {}
         for name, tok, te in zip(self.model.family.text_encoders, self.model.tokenizers, self.model.text_encoders):
-            ids = add_tokens(tok, te, cfg.token, cfg.num_vectors, cfg.effective_init_word)
+            # one block of num_vectors rows per token, in the order of self.tokens
+            ids = [i for token, init in self.tokens.items() for i in add_tokens(tok, te, token, cfg.num_vectors, init)]
             te.get_input_embeddings().requires_grad_(False)  # resizing made a new, trainable matrix
             self.rows[name] = TokenRows(te.get_input_embeddings(), ids)
 
@@ -67,7 +87,9 @@ class TextualInversionMethod(Method):
     def prompt(self, text: str) -> str:
         from ..formats.embeddings import expand_prompt
 
-        return expand_prompt(text, self.config.token, self.config.num_vectors)
+        for token in self.tokens:
+            text = expand_prompt(text, token, self.config.num_vectors)
+        return text
 
     def trigger(self, info: SaveInfo) -> str:
         return info.stem  # hosts name an embedding after its file
@@ -78,14 +100,20 @@ class TextualInversionMethod(Method):
             rows.write_back()
 
     def save(self, info: SaveInfo) -> list["Artifact"]:
+        """One embedding file per token: the run's name for a single token, else `<name>_<token>`."""
         from ..formats.embeddings import Embedding, write_embedding
 
         family = self.model.family
-        emb = Embedding.from_encoders(info.stem, family, [self.rows[n].weight.detach().float().cpu() for n in family.text_encoders])
-        path = self.host_path(info)
-        write_embedding(
-            emb, path, family, self.common_metadata(info), info.overwrite,
-            init_word=self.config.effective_init_word, step=info.step,
-            base_model=info.base_model, base_model_hash=info.base_model_hash,
-        )
-        return [self.host_artifact(path, info)]
+        n = self.config.num_vectors
+        artifacts = []
+        for i, (token, init_word) in enumerate(self.tokens.items()):
+            own = info if len(self.tokens) == 1 else dataclasses.replace(info, stem=f"{info.stem}_{token}")
+            rows = [self.rows[e].weight.detach()[i * n : (i + 1) * n].float().cpu() for e in family.text_encoders]
+            path = self.host_path(own)
+            write_embedding(
+                Embedding.from_encoders(own.stem, family, rows), path, family,
+                {**self.common_metadata(own), "dreambooth_core.token": token}, own.overwrite,
+                init_word=init_word, step=own.step, base_model=own.base_model, base_model_hash=own.base_model_hash,
+            )
+            artifacts.append(self.host_artifact(path, own))
+        return artifacts

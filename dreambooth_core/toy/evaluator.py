@@ -3,7 +3,7 @@
 We know how every scene is drawn (one flat shape on a flat background), so we measure
 directly: the background colour is read from the image border, the object is whatever
 differs from it, and the subject is recognised by its colours and their layout (a teal
-body, an orange band across its middle). Every measure is soft - colour kernels, weighted
+body, an orange band across its middle; another `world.Subject` by its own two colours). Every measure is soft - colour kernels, weighted
 fractions, soft shape overlap - because a tiny model's 64 px generations are blurry,
 noisy and only roughly right, and a score should degrade smoothly with them.
 
@@ -23,9 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .world import (
-    BAND, CLASSES, COLORS, SUBJECT_BAND, SUBJECT_CLASS, SUBJECT_COLOR, SUPERSAMPLE, shape_mask,
-)
+from .world import BAND, CLASSES, COLORS, SUBJECT, SUBJECT_CLASS, SUPERSAMPLE, Subject, shape_mask
 
 ImageLike = Image.Image | np.ndarray  # PIL image, or an H x W x 3 uint8 array
 
@@ -110,28 +108,29 @@ def _zones(view: _View) -> tuple[np.ndarray, np.ndarray]:
     return view.core * (offset < BAND_CORE * height), view.core * (offset > SPLIT_MARGIN * height)
 
 
-def _traits(view: _View) -> tuple[float, float]:
-    """(body, band): how teal the object is outside its middle, and how orange its middle
-    is where the rest of it is not (so a plain orange object shows no band)."""
+def _traits(view: _View, subject: Subject) -> tuple[float, float]:
+    """(body, band): how much the object has the subject's body colour (teal) outside its
+    middle, and its band colour (orange) in its middle where the rest of it has not (so a
+    plain orange object shows no band)."""
     middle, rest = _zones(view)
-    body = _weighted_mean(_match(view.rgb, SUBJECT_COLOR), rest)
-    orange = _match(view.rgb, SUBJECT_BAND)
-    elsewhere = 1.0 - _weighted_mean(orange, rest)
-    return body, _weighted_mean(orange, middle) * float(_ramp(elsewhere, *BAND_CONTRAST_RAMP))
+    body = _weighted_mean(_match(view.rgb, subject.color), rest)
+    band = _match(view.rgb, subject.band)
+    elsewhere = 1.0 - _weighted_mean(band, rest)
+    return body, _weighted_mean(band, middle) * float(_ramp(elsewhere, *BAND_CONTRAST_RAMP))
 
 
-def _subject_score(view: _View) -> float:
+def _subject_score(view: _View, subject: Subject) -> float:
     """The body colour, counted half without the band and fully with it: a teal ball
     (what words can ask for) gets 0.5, the subject itself 1."""
     if not view.has_object:
         return 0.0
-    body, band = _traits(view)
+    body, band = _traits(view, subject)
     return body * (1.0 + band) / 2
 
 
-def _trait_score(view: _View) -> float:
+def _trait_score(view: _View, subject: Subject) -> float:
     """Any sign of the subject in a class image: its body colour or its band."""
-    return max(_traits(view)) if view.has_object else 0.0
+    return max(_traits(view, subject)) if view.has_object else 0.0
 
 
 def _class_probs(view: _View) -> dict[str, float]:
@@ -162,17 +161,17 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values))
 
 
-def subject_fidelity(images: Sequence[ImageLike]) -> float:
-    """Mean over images of how clearly each shows the subject: its teal body (0.5) and
-    its orange band (the other 0.5, only on top of the body)."""
-    return _mean([_subject_score(_analyse(im)) for im in images])
+def subject_fidelity(images: Sequence[ImageLike], subject: Subject = SUBJECT) -> float:
+    """Mean over images of how clearly each shows `subject`: its body colour (0.5) and
+    its band (the other 0.5, only on top of the body)."""
+    return _mean([_subject_score(_analyse(im), subject) for im in images])
 
 
-def prior_preservation(images: Sequence[ImageLike]) -> float:
+def prior_preservation(images: Sequence[ImageLike], subject: Subject = SUBJECT) -> float:
     """For images of the plain class prompt ("a photo of a ball"): 1 - the mean strength
-    of subject traits in them. Language drift (the class turning into the subject) lowers
-    it; the plain world's class images score about 1."""
-    return 1.0 - _mean([_trait_score(_analyse(im)) for im in images])
+    of `subject`'s traits in them. Language drift (the class turning into the subject)
+    lowers it; the plain world's class images score about 1."""
+    return 1.0 - _mean([_trait_score(_analyse(im), subject) for im in images])
 
 
 def class_fidelity(images: Sequence[ImageLike], cls: str = SUBJECT_CLASS) -> float:

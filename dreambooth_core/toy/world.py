@@ -13,6 +13,9 @@ band, its identity, appears on no pretraining object and no caption word describ
 the pretrained model cannot draw the subject from words alone, and only methods that change
 the model's weights learn it fully. The class noun ("ball") is well known, which is exactly
 the setting DreamBooth's prior preservation is about.
+
+A second subject, a purple box with a yellow band (SECOND_SUBJECT), is built the same way:
+a run with two concepts teaches both, and the evaluator scores each by its own colours.
 """
 from __future__ import annotations
 
@@ -167,6 +170,30 @@ def _check(what: str, value: str, allowed: Collection[str]) -> None:
         raise ValueError(f"unknown {what} {value!r}; use one of {sorted(allowed)}")
 
 
+@dataclass(frozen=True)
+class Subject:
+    """A subject to teach: a world class whose body has one colour and a band of another
+    across its middle (which no pretraining object has and no word names)."""
+
+    cls: str
+    color: str
+    band: str
+
+    def __post_init__(self) -> None:
+        _check("class", self.cls, CLASSES)
+        for what, value in (("colour", self.color), ("band colour", self.band)):
+            _check(what, value, COLORS)
+        if self.color == self.band or {self.color, self.band} & set(SUBJECT_BACKGROUNDS):
+            raise ValueError(f"a subject needs a body and a band in two colours, neither a photo background {SUBJECT_BACKGROUNDS}")
+
+
+SUBJECT = Subject(SUBJECT_CLASS, SUBJECT_COLOR, SUBJECT_BAND)
+# A second subject for multi-concept runs: another class and another pair of colours, far
+# in RGB from the first's (so the evaluator tells the two apart) and from the photos'
+# backgrounds. Its band is yellow: a colour pretraining objects have, never as a band.
+SECOND_SUBJECT = Subject("box", "purple", "yellow")
+
+
 def shape_mask(cls: str, size: tuple[int, int]) -> Image.Image:
     """The class's shape filling a `size` (w, h) box, as an "L" mask (255 inside).
 
@@ -263,16 +290,18 @@ def subject_scene(
     background: str = DEFAULT_BACKGROUND,
     position: str | None = None,
     size: str = "big",
+    subject: Subject = SUBJECT,
 ) -> Scene:
-    """The subject (a teal ball with an orange band) in one random pose, on `background`.
+    """The subject (by default the teal ball with an orange band) in one random pose, on
+    `background`.
 
     The caption states only the background, and only when it is not the default.
     """
     mentions = frozenset() if background == DEFAULT_BACKGROUND else frozenset({"background"})
     return Scene(
-        cls=SUBJECT_CLASS,
-        color=SUBJECT_COLOR,
-        band=SUBJECT_BAND,
+        cls=subject.cls,
+        color=subject.color,
+        band=subject.band,
         background=background,
         size=size,
         position=position or _pick(rng, POSITIONS),
@@ -283,22 +312,26 @@ def subject_scene(
     )
 
 
-def instance_images(n: int = 6, resolution: int = 64, seed: int = 0) -> list[Image.Image]:
+def instance_images(
+    n: int = 6, resolution: int = 64, seed: int = 0, subject: Subject = SUBJECT
+) -> list[Image.Image]:
     """DreamBooth's instance "photos" of the subject: mostly gray backgrounds, a few
     white or black ones, with varying position and size, identical for the same seed."""
     rng = np.random.default_rng(seed)
     return [
-        subject_scene(rng, background=SUBJECT_BACKGROUNDS[i % len(SUBJECT_BACKGROUNDS)])
+        subject_scene(rng, background=SUBJECT_BACKGROUNDS[i % len(SUBJECT_BACKGROUNDS)], subject=subject)
         .render(resolution)
         for i in range(n)
     ]
 
 
-def instance_prompt(identifier: str = "sks", background: str | None = None) -> str:
+def instance_prompt(
+    identifier: str = "sks", background: str | None = None, subject: Subject = SUBJECT
+) -> str:
     """The prompt for the subject, e.g. "a photo of a sks ball on a blue background"."""
     mentions = () if background is None else ("background",)
-    scene = Scene(SUBJECT_CLASS, SUBJECT_COLOR, background=background or DEFAULT_BACKGROUND,
-                  band=SUBJECT_BAND, mentions=frozenset(mentions))
+    scene = Scene(subject.cls, subject.color, background=background or DEFAULT_BACKGROUND,
+                  band=subject.band, mentions=frozenset(mentions))
     return scene.caption(identifier)
 
 

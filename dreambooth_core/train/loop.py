@@ -820,7 +820,7 @@ class Trainer:
                 "ss_clip_skip": str(cfg.clip_skip), "ss_max_token_length": str(cfg.max_token_length),
                 "ss_bucket_no_upscale": str(cfg.bucket_no_upscale), "ss_shuffle_caption": str(cfg.shuffle_caption),
                 "ss_keep_tokens": str(cfg.keep_tokens), "ss_caption_dropout_rate": str(cfg.caption_dropout_rate),
-                "ss_caption_tag_dropout_rate": str(cfg.tag_dropout_rate),
+                "ss_caption_tag_dropout_rate": str(cfg.tag_dropout_rate), "ss_weighted_captions": str(cfg.weighted_captions),
                 "ss_optimizer": f"{type(optimizer).__module__}.{type(optimizer).__name__}"}
 
     def _stop_cancelled(self) -> RunResult:
@@ -887,7 +887,7 @@ class Trainer:
                 with self.acc.autocast():
                     generate(self.model, [self.method.prompt(prompt)] * n, cfg.negative_prompt, cfg.validation_inference_steps,
                              cfg.guidance_scale, seed=cfg.seed, sampler=cfg.validation_scheduler,
-                             width=self.resolution, height=self.resolution, on_image=save, encoding=cfg.text_encoding)
+                             width=self.resolution, height=self.resolution, on_image=save, encoding=cfg.preview_encoding)
             grid = self.run_dir.samples / f"step-{self.step:06d}-grid.png"
             image_grid(images, cols=len(prompts)).save(grid)
             self._announce(Artifact(kind="samples", path=str(grid), name=grid.name, final=False))

@@ -5,7 +5,9 @@ k-th from last through the final layer norm, as A1111 and kohya do). SDXL: the p
 hidden states of both encoders, concatenated, plus the second encoder's pooled projection
 (of the first chunk, as A1111 and kohya take it). Prompts over 75 tokens are encoded in
 77-token chunks joined along the sequence axis (data.long_prompts); a batch whose prompts
-have fewer chunks than its longest is padded with empty chunks, as A1111 does.
+have fewer chunks than its longest is padded with empty chunks, as A1111 does. With
+emphasis (A1111's `(word:1.2)`), each token's output row is scaled by its weight and the
+chunk's mean restored, per prompt (A1111's "Original" emphasis).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..data.long_prompts import chunk_size, prompt_chunks, wrap_chunk
+from ..data.long_prompts import Chunk, chunk_size, prompt_chunks, wrap_chunk
 
 if TYPE_CHECKING:
     import torch
@@ -32,17 +34,19 @@ class PromptEmbeds:
 
 @dataclass(frozen=True)
 class TextEncoding:
-    """How prompts become embeddings: the longest prompt kept and the CLIP layer used."""
+    """How prompts become embeddings: the longest prompt kept, the CLIP layer used, and
+    whether A1111's emphasis syntax and BREAK are read (else brackets are plain text)."""
 
     max_token_length: int = 225
     clip_skip: int = 1
+    emphasis: bool = False
 
 
-Rows = list[list[list[int]]]   # per tokenizer: the prompt's 77-token chunk rows
+Rows = list[list[Chunk]]   # per tokenizer: the prompt's 77-token chunk rows
 
 
 def tokenize(tokenizers: list, prompt: str, encoding: TextEncoding) -> Rows:
-    return [prompt_chunks(tok, prompt, encoding.max_token_length) for tok in tokenizers]
+    return [prompt_chunks(tok, prompt, encoding.max_token_length, encoding.emphasis) for tok in tokenizers]
 
 
 def _final_layer_norm(te):
@@ -60,6 +64,14 @@ def _encode_rows(te, rows: "torch.Tensor", family: "Family", clip_skip: int):
     return out[0], pooled
 
 
+def emphasize(hidden: "torch.Tensor", weights: "torch.Tensor") -> "torch.Tensor":
+    """A1111's "Original" emphasis on one chunk [N, 77, C]: each token's row times its weight
+    [N, 77], then rescaled so each prompt's mean is what it was."""
+    before = hidden.mean(dim=(1, 2), keepdim=True)
+    scaled = hidden * weights.to(hidden)[..., None]
+    return scaled * (before / scaled.mean(dim=(1, 2), keepdim=True))
+
+
 def encode_rows(text_encoders: list, tokenizers: list, family: "Family", rows: list[Rows], clip_skip: int = 1) -> PromptEmbeds:
     """Embeddings of a batch of tokenised prompts (`rows[i]` from `tokenize`)."""
     import torch
@@ -68,11 +80,13 @@ def encode_rows(text_encoders: list, tokenizers: list, family: "Family", rows: l
     hidden_per_encoder, pooled = [], None
     for k, (te, tok) in enumerate(zip(text_encoders, tokenizers)):
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        empty = wrap_chunk([], tok.bos_token_id, tok.eos_token_id, pad, chunk_size(tok))
+        empty = wrap_chunk(Chunk([], []), tok.bos_token_id, tok.eos_token_id, pad, chunk_size(tok))
         pieces = []
         for c in range(n_chunks):
-            batch = torch.tensor([r[k][c] if c < len(r[k]) else empty for r in rows])
-            hidden, pool = _encode_rows(te, batch, family, clip_skip)
+            chunks = [r[k][c] if c < len(r[k]) else empty for r in rows]
+            hidden, pool = _encode_rows(te, torch.tensor([ch.ids for ch in chunks]), family, clip_skip)
+            if any(w != 1.0 for ch in chunks for w in ch.weights):   # decided in Python: no host sync, plannable
+                hidden = emphasize(hidden, torch.tensor([ch.weights for ch in chunks]))
             pieces.append(hidden)
             if c == 0 and pool is not None:
                 pooled = pool

@@ -35,7 +35,8 @@ RESUME_KEYS = ("method", "network", "train_batch_size", "gradient_accumulation_s
                "with_prior_preservation", "optimizer", "ema_decay", "ema_start_step",
                # the data order and what each step sees (data/concepts.py, captions.py, buckets.py)
                "concepts", "enable_bucketing", "bucket_no_upscale", "shuffle_caption", "keep_tokens",
-               "caption_dropout_rate", "tag_dropout_rate", "max_token_length", "clip_skip", "masked_loss_floor")
+               "caption_dropout_rate", "tag_dropout_rate", "max_token_length", "clip_skip", "weighted_captions",
+               "masked_loss_floor")
 
 
 @dataclass
