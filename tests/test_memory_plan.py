@@ -243,6 +243,7 @@ def test_fp8_stored_frozen_unet_trains_a_lora_step_close_to_the_compute_dtype(tm
     assert len(stored) > 20 and all(m.weight.dtype == torch.float8_e4m3fn for m in stored)
     names = dict((id(m), n) for n, m in model.unet.named_modules())
     assert not any("norm" in names[id(m)] for m in stored)  # diffusers' skip patterns are kept
+    assert model.unet.dtype == torch.float32  # what pipelines make their latents in
     lora = [p for n, p in model.unet.named_parameters() if "lora_" in n]
     assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora)  # peft's layers stay as they are
     assert (out8 - out).norm() / out.norm() < 0.15
@@ -309,3 +310,16 @@ def test_cached_away_components_leave_a_gpu_even_with_previews(tmp_path):
     assert cpu.parts["frozen_weights"] - gpu.parts["frozen_weights"] == pytest.approx(parked, rel=0.01)
     assert gpu.preview_bytes == pytest.approx(parked, rel=0.01) and "validation previews" in gpu.describe()
     assert plan_memory(dataclasses.replace(cfg, num_validation_images=0), model=model, device="cuda").preview_bytes == 0
+
+
+def test_fp8_stored_frozen_weights_draw_a_preview(tmp_path):
+    """Validation previews and class images run the pipeline on the fp8-stored model (no gradients)."""
+    from dreambooth_core.methods import get_method
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.sample import generate
+
+    model = tiny_base_model("sdxl")
+    cfg = tiny_config(tmp_path, method="lora", frozen_weights_dtype="fp8")
+    get_method("lora")(cfg, model).setup(torch.float32)
+    images = generate(model, ["a photo of zwx dog"], steps=2, width=64, height=64)
+    assert len(images) == 1 and images[0].size == (64, 64)

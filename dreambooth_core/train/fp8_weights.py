@@ -29,6 +29,10 @@ import torch
 import torch.nn.functional as F
 
 STORAGE_DTYPE = torch.float8_e4m3fn
+# beyond diffusers' skips: a UNet's first and last convolutions and its timestep/added embeddings
+# are small and precision-critical, and the first parameter's dtype is the one `ModelMixin.dtype`
+# reports (pipelines make their latents in it), so it must stay the compute dtype
+KEEP = ("^conv_in$", "^conv_out$", "^time_embedding", "^add_embedding")
 
 
 def upcast(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -88,10 +92,10 @@ class Fp8StoredConv2d(torch.nn.Conv2d):
 
 
 def skip_patterns(model: torch.nn.Module) -> tuple[str, ...]:
-    """The module-name patterns diffusers' layerwise casting leaves in the compute dtype."""
+    """The module-name patterns left in the compute dtype: diffusers' for layerwise casting, and KEEP."""
     from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
-    return tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ())
+    return tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ()) + KEEP
 
 
 def store_in_fp8(model: torch.nn.Module) -> int:
