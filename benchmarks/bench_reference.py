@@ -1,4 +1,4 @@
-"""Our LoRA trainer against diffusers' reference DreamBooth-LoRA script, side by side.
+"""Our trainer against diffusers' reference DreamBooth-LoRA (or full DreamBooth) script, side by side.
 
 Both train the same random-weight model (SD1.5's architecture, built locally and saved
 as a diffusers folder; no download) on the same four 256 px images with LoRA rank 4,
@@ -32,6 +32,15 @@ installed.
     python benchmarks/bench_reference.py --reference /tmp/train_dreambooth_lora.py
     python benchmarks/bench_reference.py --reference /tmp/train_dreambooth_lora.py --size tiny   # smoke test
 
+`--method dreambooth` compares full DreamBooth instead (issue 14's CPU target: our peak RSS
+<= 0.6x the reference's): the reference is `examples/dreambooth/train_dreambooth.py` (full
+UNet, AdamW, prior preservation with four ready class images, no text-encoder training), ours
+is method="dreambooth" with the same prior preservation and memory="auto", which takes the
+savings the machine's free memory calls for (the run's memory_plan.json is printed):
+
+    git -C /tmp/diffusers show v0.40.0:examples/dreambooth/train_dreambooth.py > /tmp/train_dreambooth.py
+    python benchmarks/bench_reference.py --method dreambooth --reference /tmp/train_dreambooth.py --threads 1 --steps 2 4
+
 What is measured, from outside each process:
 - s/step: the mean time between consecutive completed steps 2..N (step 1 carries the
   warm-up), taken from the progress lines as they arrive (the reference's tqdm bar, our
@@ -50,6 +59,7 @@ does), repeat, and read the per-step durations, not only the means.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -65,10 +75,11 @@ from statistics import mean
 from bench_train import SIZES, sd15_random_model, write_instance_images
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_TIME, TARGET_RSS = 0.6, 0.8
+TARGET_TIME, TARGET_RSS = 0.6, {"lora": 0.8, "dreambooth": 0.6}  # ours/reference
 REFERENCE_STEP = re.compile(r"Steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 OURS_STEP = re.compile(r"^@@step (\d+)/(\d+)")
 LR, RANK, SEED, PROMPT = 1e-4, 4, 0, "a photo of sks dog"
+CLASS_PROMPT, CLASS_IMAGES = "a photo of dog", 4
 
 TORCHVISION_STUB = '''"""Stand-in for the few torchvision.transforms the diffusers example uses (PIL + torch)."""
 import enum
@@ -277,24 +288,32 @@ def child_env(threads: int, pythonpath: str) -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def reference_cmd(launcher: Path, script: Path, model: Path, images: Path, out: Path, res: int, steps: int, precision: str) -> list[str]:
+def reference_cmd(launcher: Path, script: Path, model: Path, images: Path, out: Path, res: int, steps: int, precision: str,
+                  method: str, classes: Path) -> list[str]:
+    method_args = ["--rank", str(RANK)] if method == "lora" else [
+        "--with_prior_preservation", "--class_data_dir", str(classes), "--class_prompt", CLASS_PROMPT,
+        "--num_class_images", str(CLASS_IMAGES), "--prior_loss_weight", "1.0"]
     return [
         sys.executable, str(launcher), str(launcher.parent / "stub"), str(script),
         "--pretrained_model_name_or_path", str(model), "--instance_data_dir", str(images),
         "--instance_prompt", PROMPT, "--output_dir", str(out), "--resolution", str(res),
         "--train_batch_size", "1", "--max_train_steps", str(steps), "--learning_rate", str(LR),
-        "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--rank", str(RANK),
+        "--lr_scheduler", "constant", "--lr_warmup_steps", "0", *method_args,
         "--mixed_precision", precision, "--checkpointing_steps", "100000000", "--seed", str(SEED),
         "--report_to", "tensorboard",  # accelerate skips it when tensorboard is not installed (as here)
     ]
 
 
-def ours_cmd(model: Path, images: Path, out: Path, res: int, steps: int, threads: int, precision: str, pack: bool) -> list[str]:
-    return [sys.executable, __file__, "--ours-child", str(model), str(images), str(out), str(res), str(steps), str(threads), precision, str(int(pack))]
+def ours_cmd(model: Path, images: Path, out: Path, res: int, steps: int, threads: int, precision: str, pack: bool,
+             method: str, classes: Path) -> list[str]:
+    return [sys.executable, __file__, "--ours-child", str(model), str(images), str(out), str(res), str(steps), str(threads), precision,
+            str(int(pack)), method, str(classes)]
 
 
-def ours_child(model: str, images: str, out: str, res: int, steps: int, threads: int, precision: str, pack: bool) -> None:
-    """Train our LoRA at the reference's settings, printing one line per completed step."""
+def ours_child(model: str, images: str, out: str, res: int, steps: int, threads: int, precision: str, pack: bool,
+               method: str, classes: str) -> None:
+    """Train ours at the reference's settings, printing one line per completed step. Full
+    DreamBooth runs with memory="auto" and its mixed precision unpinned: the savings are ours to choose."""
     import torch
 
     from dreambooth_core.config import TrainConfig
@@ -302,11 +321,13 @@ def ours_child(model: str, images: str, out: str, res: int, steps: int, threads:
     from dreambooth_core.train import run_training
 
     torch.set_num_threads(threads)
+    method_settings = dict(rank=RANK, alpha=float(RANK), mixed_precision=precision, pack_frozen_convolutions=pack) if method == "lora" else dict(
+        with_prior_preservation=True, class_data_dir=classes, num_class_images=CLASS_IMAGES, prior_loss_weight=1.0, memory="auto")
     cfg = TrainConfig(
-        method="lora", base_model=model, instance_data_dir=images, token="sks", class_noun="dog",
-        resolution=res, max_train_steps=steps, rank=RANK, alpha=float(RANK), train_batch_size=1,
-        learning_rate=LR, lr_scheduler="constant", mixed_precision=precision, seed=SEED,
-        num_validation_images=0, checkpointing_steps=0, output_dir=out, overwrite=True, pack_frozen_convolutions=pack,
+        method=method, base_model=model, instance_data_dir=images, token="sks", class_noun="dog",
+        resolution=res, max_train_steps=steps, train_batch_size=1,
+        learning_rate=LR, lr_scheduler="constant", seed=SEED,
+        num_validation_images=0, checkpointing_steps=0, output_dir=out, overwrite=True, **method_settings,
     )
 
     def emit(event) -> None:
@@ -341,7 +362,7 @@ def print_table(runs: list[Run]) -> None:
               f"{r.wall_s:8.1f} {fmt(r.rss_training_mb, '16.0f')} {fmt(r.peak_rss_mb, '15.0f')}  {times}{status}")
 
 
-def summarize(runs: list[Run], steps: list[int]) -> None:
+def summarize(runs: list[Run], steps: list[int], rss_target: float) -> None:
     stats: dict[str, dict[str, float]] = {}
     for who in ("reference", "ours"):
         mine = [r for r in runs if r.who == who and r.complete]
@@ -366,7 +387,7 @@ def summarize(runs: list[Run], steps: list[int]) -> None:
         ("s/step, fastest step", "s_step_min", "8.2f", None),
         (f"s/step, (t_last({steps[-1]})-t_last({steps[0]}))/{steps[-1] - steps[0]}", "diff", "8.2f", None),
         ("CPU s/step (user+sys), steps 2..N", "cpu", "8.2f", TARGET_TIME),
-        ("peak RSS in training MB", "rss", "8.0f", TARGET_RSS),
+        ("peak RSS in training MB", "rss", "8.0f", rss_target),
         ("peak RSS whole process MB", "peak", "8.0f", None),
     ]
     for label, key, spec, target in rows:
@@ -385,19 +406,22 @@ def main() -> None:
                         help="both trainers' --mixed_precision: bf16 keeps the frozen weights in bf16 (default %(default)s)")
     parser.add_argument("--work", type=Path, help="keep the model, images and logs here (a model already there is reused)")
     parser.add_argument("--no-pack", action="store_true", help="ours with pack_frozen_convolutions=false")
-    parser.add_argument("--ours-child", nargs=8, help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=["lora", "dreambooth"], default="lora",
+                        help="lora: against train_dreambooth_lora.py; dreambooth: full UNet with prior preservation against train_dreambooth.py")
+    parser.add_argument("--ours-child", nargs=10, help=argparse.SUPPRESS)
     parser.add_argument("--build-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.ours_child:
-        model, images, out, res, steps, threads, precision, pack = args.ours_child
-        ours_child(model, images, out, int(res), int(steps), int(threads), precision, pack == "1")
+        model, images, out, res, steps, threads, precision, pack, method, classes = args.ours_child
+        ours_child(model, images, out, int(res), int(steps), int(threads), precision, pack == "1", method, classes)
         return
     if args.build_child:
         build_model(*args.build_child)
         return
     if args.reference is None or not args.reference.is_file():
-        parser.error("--reference must name a local copy of diffusers' examples/dreambooth/train_dreambooth_lora.py (see the top of this file)")
+        parser.error("--reference must name a local copy of diffusers' examples/dreambooth/train_dreambooth_lora.py "
+                     "(train_dreambooth.py with --method dreambooth; see the top of this file)")
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_reference."))
     work.mkdir(parents=True, exist_ok=True)
@@ -410,6 +434,7 @@ def main() -> None:
                            env={**os.environ, "PYTHONPATH": str(REPO)})
             print(f"built the random {args.size} model in {time.monotonic() - t0:.0f} s: {model}", flush=True)
         images = write_instance_images(work / f"images-{res}", res)
+        classes = write_instance_images(work / f"class-images-{res}", res, count=CLASS_IMAGES)
         launcher = work / "reference_launcher" / "launcher.py"
         stub = launcher.parent / "stub" / "torchvision"
         stub.mkdir(parents=True, exist_ok=True)
@@ -417,7 +442,8 @@ def main() -> None:
         (stub / "transforms.py").write_text(TORCHVISION_STUB)
         launcher.write_text(LAUNCHER)
 
-        print(f"size {args.size} ({res} px), LoRA rank {RANK}, batch 1, mixed precision {args.mixed_precision}, {args.threads} thread(s), "
+        what = f"LoRA rank {RANK}" if args.method == "lora" else f"full DreamBooth with prior preservation ({CLASS_IMAGES} class images)"
+        print(f"size {args.size} ({res} px), {what}, batch 1, mixed precision {args.mixed_precision}, {args.threads} thread(s), "
               f"ours {'without' if args.no_pack else 'with'} packed convolutions, "
               f"steps {args.steps}; reference {args.reference}", flush=True)
         runs: list[Run] = []
@@ -427,17 +453,22 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 if who == "reference":
-                    cmd, env, pattern = reference_cmd(launcher, args.reference.resolve(), model, images, out, res, n, args.mixed_precision), child_env(args.threads, ""), REFERENCE_STEP
+                    cmd = reference_cmd(launcher, args.reference.resolve(), model, images, out, res, n, args.mixed_precision, args.method, classes)
+                    env, pattern = child_env(args.threads, ""), REFERENCE_STEP
                 else:
-                    cmd, env, pattern = ours_cmd(model, images, out / "runs", res, n, args.threads, args.mixed_precision, not args.no_pack), child_env(args.threads, str(REPO)), OURS_STEP
+                    cmd = ours_cmd(model, images, out / "runs", res, n, args.threads, args.mixed_precision, not args.no_pack, args.method, classes)
+                    env, pattern = child_env(args.threads, str(REPO)), OURS_STEP
                 run = watch(cmd, env, Run(who, n), pattern, out / "log.txt")
                 runs.append(run)
                 print(f"  {who:9s} N={n}: {run.s_per_step:.2f} s/step ({run.cpu_per_step:.2f} CPU s), training RSS {run.rss_training_mb:.0f} MB, "
                       f"process RSS {run.peak_rss_mb:.0f} MB, {run.wall_s:.0f} s wall, exit {run.returncode}", flush=True)
+                for plan in out.rglob("memory_plan.json"):
+                    chosen = json.loads(plan.read_text())
+                    print(f"    memory plan {chosen['total_bytes'] / 2**30:.2f} GiB; memory=auto chose: {'; '.join(chosen['choices']) or 'nothing'}", flush=True)
                 if not run.complete:
                     print("    did not finish training; last lines:\n      " + "\n      ".join(run.tail), flush=True)
         print_table(runs)
-        summarize(runs, args.steps)
+        summarize(runs, args.steps, TARGET_RSS[args.method])
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -28,7 +28,11 @@ SAMPLERS = ("ddim", "euler_a", "dpmpp_2m", "pndm", "lms", "euler")
 ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
 # memory (issue 14): "auto" adds the savings a run needs to fit (plan/auto.py); "manual" uses the settings as given
 MEMORY_MODES = ("auto", "manual")
-MEMORY_KEYS = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions")
+MEMORY_KEYS = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions",
+               "frozen_weights_dtype")
+# frozen_weights_dtype: "compute" keeps frozen weights in the compute dtype; "fp8" stores them in
+# 8-bit float, up-cast one layer at a time (train/fp8_weights.py)
+FROZEN_WEIGHTS_DTYPES = ("compute", "fp8")
 # Keys whose values are paths (a front end that serves clients checks where they point), and
 # the path keys inside each of `concepts`: `client_paths` lists them all.
 PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "dataset_config", "eval_encoder")
@@ -101,6 +105,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     pack_frozen_convolutions: bool = True  # CPU: frozen conv weights kept in oneDNN's layout (faster; +1 copy of them if it fits)
+    frozen_weights_dtype: str = "compute"  # "fp8": frozen UNet/text-encoder weights stored in 8-bit float (half of bf16)
     snr_gamma: float | None = None
     noise_offset: float = 0.0
 
@@ -221,6 +226,7 @@ class TrainConfig:
         choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         choice("optimizer", self.optimizer, OPTIMIZERS)
         choice("memory", self.memory, MEMORY_MODES)
+        choice("frozen_weights_dtype", self.frozen_weights_dtype, FROZEN_WEIGHTS_DTYPES)
         for key in self.pinned:
             choice("pinned", key, MEMORY_KEYS)
         choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)

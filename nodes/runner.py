@@ -24,7 +24,7 @@ CANCEL_WAIT_SECONDS = 900   # a worker that ignores the cancel is terminated by 
 LOSS_POINTS = 200           # recent loss values sent to the web extension's chart
 RENAME_HINT = "add the line output_name=another_name to the node's options"
 PHASES = {"class_images": "class images", "caching": "caching latents", "train": "training",
-          "validation": "sampling previews", "saving": "saving"}
+          "validation": "sampling previews", "evaluation": "evaluating", "saving": "saving"}
 
 log = logging.getLogger("dreambooth_core.comfyui")
 _manager: JobManager | None = None

@@ -209,3 +209,118 @@ def test_a_config_sent_whole_keeps_what_was_pinned():
     assert chosen.pinned == ["optimizer"]
     again = config_from_dict(chosen.to_dict())
     assert again.pinned == ["optimizer"] and again.pinned_memory_keys == {"optimizer"}
+
+
+# ---- frozen weights stored in fp8 ------------------------------------------------------
+def lora_step(cfg, family: str):
+    """A tiny model set up for `cfg` (LoRA) and one forward/backward of its UNet: (output, LoRA gradients, model)."""
+    from dreambooth_core.methods import get_method
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    model = tiny_base_model(family)
+    torch.manual_seed(0)
+    method = get_method(cfg.method)(cfg, model)
+    method.setup(torch.float32)
+    gen = torch.Generator().manual_seed(1)
+    noisy = torch.randn(2, 4, 8, 8, generator=gen)
+    hidden = torch.randn(2, 77, model.unet.config.cross_attention_dim, generator=gen)
+    extra = {}
+    if model.family.is_sdxl:
+        extra["added_cond_kwargs"] = {"text_embeds": torch.randn(2, 24, generator=gen), "time_ids": torch.zeros(2, 6)}
+    out = model.unet(noisy, torch.tensor([10, 500]), encoder_hidden_states=hidden, **extra).sample
+    out.pow(2).mean().backward()
+    grads = torch.cat([p.grad.flatten() for p in method.parameters()])
+    return out.detach(), grads, model
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_fp8_stored_frozen_unet_trains_a_lora_step_close_to_the_compute_dtype(tmp_path, family):
+    from dreambooth_core.train.fp8_weights import Fp8StoredConv2d, Fp8StoredLinear
+
+    cfg = tiny_config(tmp_path, method="lora", conv_rank=4)
+    out, grads, _ = lora_step(cfg, family)
+    out8, grads8, model = lora_step(dataclasses.replace(cfg, frozen_weights_dtype="fp8"), family)
+    stored = [m for m in model.unet.modules() if isinstance(m, (Fp8StoredLinear, Fp8StoredConv2d))]
+    assert len(stored) > 20 and all(m.weight.dtype == torch.float8_e4m3fn for m in stored)
+    names = dict((id(m), n) for n, m in model.unet.named_modules())
+    assert not any("norm" in names[id(m)] for m in stored)  # diffusers' skip patterns are kept
+    assert model.unet.dtype == torch.float32  # what pipelines make their latents in
+    lora = [p for n, p in model.unet.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora)  # peft's layers stay as they are
+    assert (out8 - out).norm() / out.norm() < 0.15
+    assert torch.nn.functional.cosine_similarity(grads8, grads, dim=0) > 0.95
+    assert (grads8 - grads).abs().max() > 0  # fp8 really was used
+
+
+def test_fp8_stored_frozen_weights_train_every_frozen_weight_method(tmp_path):
+    """A whole run (bf16 autocast, checkpointing: the backward re-casts) for the methods whose base stays frozen."""
+    from test_train_support import train
+
+    for method in ("lora", "textual_inversion", "hypernetwork"):
+        cfg = tiny_config(tmp_path / method, method=method, memory="manual", frozen_weights_dtype="fp8", mixed_precision="bf16",
+                          gradient_checkpointing=True, max_train_steps=2, pack_frozen_convolutions=False)
+        result, _, model = train(cfg, family="sdxl")
+        assert result.status == "completed"
+        assert model.text_encoders[1].text_model.encoder.layers[0].mlp.fc1.weight.dtype == torch.float8_e4m3fn
+
+
+@pytest.mark.parametrize("method", ["lora", "textual_inversion", "hypernetwork"])
+def test_plan_with_fp8_frozen_weights_is_within_15_percent_of_a_real_step(tmp_path, method):
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    cfg = tiny_config(tmp_path, method=method, memory="manual", pack_frozen_convolutions=False, max_train_steps=2,
+                      frozen_weights_dtype="fp8", mixed_precision="bf16", learning_rate=1e-4)
+    model = tiny_base_model("sd1")
+    plan = plan_memory(cfg, model=model)
+    planned = step_bytes(plan)
+    compute = step_bytes(plan_memory(dataclasses.replace(cfg, frozen_weights_dtype="compute"), model=tiny_base_model("sd1")))
+    measured = measured_step(cfg, model)
+    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+    assert plan.parts["frozen_weights"] < compute - planned + plan.parts["frozen_weights"]  # it saves
+
+
+def test_auto_stores_frozen_weights_in_fp8_last_and_only_when_needed(tmp_path):
+    """A LoRA run on a GPU: just enough memory for every other saving takes no fp8; less takes it, last."""
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.plan.auto import FP8_COST, MARGIN, choose
+
+    model = tiny_base_model("sdxl")
+    cfg = tiny_config(tmp_path, method="lora")
+    others = dataclasses.replace(cfg, mixed_precision="bf16", cache_latents=True, gradient_checkpointing=True, optimizer="adafactor")
+    without = plan_memory(others, model=model, device="cuda").total_bytes
+    with_fp8 = plan_memory(dataclasses.replace(others, frozen_weights_dtype="fp8"), model=model, device="cuda").total_bytes
+    assert with_fp8 < without
+    chosen, plan = choose(cfg, int(without / (1 - MARGIN)) + 1, "cuda", model=model)
+    assert chosen.frozen_weights_dtype == "compute" and FP8_COST not in plan.choices
+    chosen, plan = choose(cfg, int(with_fp8 / (1 - MARGIN)) + 1, "cuda", model=model)
+    assert chosen.frozen_weights_dtype == "fp8" and plan.choices[-1] == FP8_COST and plan.total_bytes == with_fp8
+    pinned = config_from_dict({"frozen_weights_dtype": "compute"}, cfg)
+    with pytest.raises(UserError, match="frozen_weights_dtype='fp8'"):
+        choose(pinned, int(with_fp8 / (1 - MARGIN)) + 1, "cuda", model=model)
+
+
+def test_cached_away_components_leave_a_gpu_even_with_previews(tmp_path):
+    """On a GPU the VAE (latents cached) and text encoders (outputs cached) are off the device
+    during steps; with previews the plan says what bringing them back costs."""
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    model = tiny_base_model("sd1")
+    cfg = tiny_config(tmp_path, method="lora", cache_latents=True, num_validation_images=1)
+    gpu, cpu = plan_memory(cfg, model=model, device="cuda"), plan_memory(cfg, model=model, device="cpu")
+    parked = sum(t.numel() * t.element_size() for m in (model.vae, *model.text_encoders) for t in (*m.parameters(), *m.buffers()))
+    assert cpu.parts["frozen_weights"] - gpu.parts["frozen_weights"] == pytest.approx(parked, rel=0.01)
+    assert gpu.preview_bytes == pytest.approx(parked, rel=0.01) and "validation previews" in gpu.describe()
+    assert plan_memory(dataclasses.replace(cfg, num_validation_images=0), model=model, device="cuda").preview_bytes == 0
+
+
+def test_fp8_stored_frozen_weights_draw_a_preview(tmp_path):
+    """Validation previews and class images run the pipeline on the fp8-stored model (no gradients)."""
+    from dreambooth_core.methods import get_method
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.sample import generate
+
+    model = tiny_base_model("sdxl")
+    cfg = tiny_config(tmp_path, method="lora", frozen_weights_dtype="fp8")
+    get_method("lora")(cfg, model).setup(torch.float32)
+    images = generate(model, ["a photo of zwx dog"], steps=2, width=64, height=64)
+    assert len(images) == 1 and images[0].size == (64, 64)

@@ -85,6 +85,20 @@ class Method:
         self.prepare()
         for p in self.parameters():
             p.data = p.data.float()
+        if self.config.frozen_weights_dtype == "fp8":
+            self.store_frozen_in_fp8()
+
+    def store_frozen_in_fp8(self) -> None:
+        """frozen_weights_dtype="fp8": the UNet's and text encoders' frozen layers keep their
+        weights in 8-bit float (train/fp8_weights.py); components kept in full precision, the
+        VAE and trained layers stay as they are."""
+        from ..train.fp8_weights import store_in_fp8
+
+        m = self.model
+        keep = self.full_precision_components(self.config)
+        for name, module in {"unet": m.unet, **dict(zip(m.family.text_encoders, m.text_encoders))}.items():
+            if name not in keep:
+                store_in_fp8(module)
 
     def prepare(self) -> None:
         """Add or unfreeze the trained weights (called with everything frozen)."""

@@ -23,7 +23,7 @@ CARD_SIZES_GB = (6, 8, 12, 16, 24)
 CARD_RESERVE = 0.10
 # the settings a plan depends on (and reports)
 PLAN_KEYS = ("method", "mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions",
-             "train_batch_size", "with_prior_preservation", "train_text_encoder", "rank", "conv_rank", "num_vectors",
+             "frozen_weights_dtype", "train_batch_size", "with_prior_preservation", "train_text_encoder", "rank", "conv_rank", "num_vectors",
              "layer_structure", "num_validation_images", "memory")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -34,6 +34,7 @@ class MemoryPlan:
     settings: dict[str, Any]
     device: str = "cpu"
     choices: list[str] = field(default_factory=list)   # the savings memory="auto" added, in order
+    preview_bytes: int = 0   # what validation previews bring back from the CPU while they draw
 
     @property
     def total_bytes(self) -> int:
@@ -45,7 +46,7 @@ class MemoryPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"parts": dict(self.parts), "total_bytes": self.total_bytes, "settings": dict(self.settings),
-                "device": self.device, "choices": list(self.choices),
+                "device": self.device, "choices": list(self.choices), "preview_bytes": self.preview_bytes,
                 "fits": {str(gb): self.fits(gb) for gb in CARD_SIZES_GB}}
 
     def describe(self) -> str:
@@ -54,10 +55,13 @@ class MemoryPlan:
         lines += [f"  {name.replace('_', ' '):<22}{b / GiB:8.2f} GiB" for name, b in self.parts.items()]
         lines.append(f"  {'total':<22}{self.total_bytes / GiB:8.2f} GiB")
         lines.append("  fits: " + ", ".join(f"{gb} GB {'yes' if self.fits(gb) else 'no'}" for gb in CARD_SIZES_GB))
-        keys = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions")
+        keys = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions", "frozen_weights_dtype")
         lines.append("  settings: " + ", ".join(f"{k}={s[k]}" for k in keys))
         if self.choices:
             lines.append("  chosen by memory=auto: " + "; ".join(self.choices))
+        if self.preview_bytes:
+            lines.append(f"  validation previews bring the cached-away VAE/text encoders back from the CPU: "
+                         f"+{self.preview_bytes / GiB:.2f} GiB while they draw (gradients are freed then)")
         return "\n".join(lines)
 
     @staticmethod
@@ -144,7 +148,7 @@ def plan_memory(config: "TrainConfig", model: "BaseModel | None" = None, device:
         parts.pop("packed_convolutions")
     parts["caches"] = cache_bytes(config, family, resolution, configs["vae"]["block_out_channels"]) if device == "cpu" else 0
     settings = {k: getattr(config, k) for k in PLAN_KEYS} | {"family": family.name, "resolution": resolution}
-    return MemoryPlan(parts=parts, settings=settings, device=device)
+    return MemoryPlan(parts=parts, settings=settings, device=device, preview_bytes=step.parked)
 
 
 def free_memory(device: str) -> int:

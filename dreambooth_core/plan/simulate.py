@@ -36,14 +36,16 @@ class StepBytes:
     optimizer_state: int
     activations: int      # the step's own peak beyond the gradients (activations, temporaries)
     packed_convolutions: int = 0
+    parked: int = 0       # on the CPU during steps; validation previews bring it back (not a part)
 
     def parts(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "parked"}
 
 
-def on_device(config: "TrainConfig", method) -> dict[str, bool]:
-    """Which components stay on the device during steps (as Trainer._free_unneeded decides)."""
-    keep_all = config.num_validation_images > 0 or method.needs_full_model
+def on_device(config: "TrainConfig", method, device_type: str) -> dict[str, bool]:
+    """Which components stay on the device during steps (as Trainer._free_unneeded decides):
+    cached ones leave a GPU; on a CPU they are freed only when nothing after the steps needs them."""
+    keep_all = device_type == "cpu" and (config.num_validation_images > 0 or method.needs_full_model)
     return {"vae": keep_all or not config.cache_latents, "text_encoders": keep_all or method.trains_text_encoder}
 
 
@@ -69,7 +71,10 @@ def simulate_step(config: "TrainConfig", family: "Family", configs: dict[str, An
             method.enable_gradient_checkpointing()
         method.train(True)
         _no_module_dropout_draw(model)
-        keep = on_device(config, method)
+        keep = on_device(config, method, device_type)
+        later = config.num_validation_images > 0 and device_type != "cpu"
+        parked = storage_bytes([t for part, on in (("vae", [model.vae]), ("text_encoders", model.text_encoders))
+                                if later and not keep[part] for m in on for t in (*m.parameters(), *m.buffers())])
         modules = [model.unet] + ([model.vae] if keep["vae"] else []) + (list(model.text_encoders) if keep["text_encoders"] else [])
         params = method.parameters()
         trained = {id(p) for p in params}
@@ -96,7 +101,7 @@ def simulate_step(config: "TrainConfig", family: "Family", configs: dict[str, An
             _one_step(config, family, model, method, prompts, params, optimizer, resolution, weight_dtype)
         gradients = trainable  # fp32 gradients of fp32 trained weights
         packed = packing_cost(model.unet) if device_type == "cpu" and config.pack_frozen_convolutions else 0
-    return StepBytes(frozen, trainable, gradients, state, max(0, live.peak - gradients), packed)
+    return StepBytes(frozen, trainable, gradients, state, max(0, live.peak - gradients), packed, parked)
 
 
 def _no_module_dropout_draw(model) -> None:

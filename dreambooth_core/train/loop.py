@@ -165,6 +165,7 @@ class Trainer:
         self.evaluation = None  # evaluate.session.Session when the run is evaluated
         self.weights_step: int | None = None  # select_best: the step whose weights are published
         self._retried = False  # an out-of-memory retry (memory="auto") happens once
+        self._parked: list[torch.nn.Module] = []  # on the CPU between validation previews (_free_unneeded)
 
     # ---- events ----------------------------------------------------------------------
     @property
@@ -404,7 +405,8 @@ class Trainer:
         if self.is_main:
             self.method.train(False)
             self.emit(Progress(phase="evaluation", step=self.step, total=cfg.max_train_steps))
-            scores = session.measure(self.model, self.method.prompt, self.acc.autocast)
+            with self._on_device():
+                scores = session.measure(self.model, self.method.prompt, self.acc.autocast)
             rows = session.record({"step": self.step, **scores})
             best = choose_best(rows, Bounds(cfg.select_max_prior_drift, cfg.select_max_prompt_drop))
             if cfg.select_best and best is not None and best["step"] == self.step:
@@ -487,15 +489,29 @@ class Trainer:
         return LatentStats(dist.mean.float().cpu(), dist.std.float().cpu())
 
     def _free_unneeded(self, model: "BaseModel", method: "Method") -> None:
-        """Move what no step needs any more to the meta device (frees its memory at once).
-        Validation and full-model saving need everything, so then nothing is freed."""
-        if self.config.num_validation_images > 0 or method.needs_full_model or self.evaluation is not None:
-            return
-        if self.data.cached:
-            model.vae.to("meta")
-        if self.prompts.embeds is not None:
-            for te in model.text_encoders:
-                te.to("meta")
+        """What no step needs (the VAE once latents are cached, the text encoders once their
+        outputs are) leaves the device: to the meta device, which frees it at once, when nothing
+        after the steps needs it; else, on a GPU, to the CPU until validation previews or
+        evaluations bring it back (`_on_device`) or full-model saving reads it there."""
+        idle = ([model.vae] if self.data.cached else []) + (list(model.text_encoders) if self.prompts.embeds is not None else [])
+        if not (self.config.num_validation_images > 0 or method.needs_full_model or self.evaluation is not None):
+            for module in idle:
+                module.to("meta")
+        elif self.acc.device.type != "cpu":
+            for module in idle:
+                module.to("cpu")
+            self._parked = idle
+
+    @contextlib.contextmanager
+    def _on_device(self):
+        """The components `_free_unneeded` parked on the CPU, back on the device meanwhile."""
+        for module in self._parked:
+            module.to(self.acc.device)
+        try:
+            yield
+        finally:
+            for module in self._parked:
+                module.to("cpu")
 
     def _resume(self, folder: Path) -> None:
         state = load_state(folder)
@@ -884,7 +900,7 @@ class Trainer:
                     self.cancel.check()
 
                 # image k of every prompt uses seed + k, so prompts and steps compare like for like
-                with self.acc.autocast():
+                with self.acc.autocast(), self._on_device():
                     generate(self.model, [self.method.prompt(prompt)] * n, cfg.negative_prompt, cfg.validation_inference_steps,
                              cfg.guidance_scale, seed=cfg.seed, sampler=cfg.validation_scheduler,
                              width=self.resolution, height=self.resolution, on_image=save, encoding=cfg.preview_encoding)

@@ -9,7 +9,7 @@ from typing import Any
 
 ACTIVE = ("queued", "running")
 PHASES = {"class_images": "generating class images", "caching": "caching", "train": "training",
-          "validation": "drawing samples", "saving": "saving"}
+          "validation": "drawing samples", "evaluation": "evaluating", "saving": "saving"}
 
 
 def _e(value: Any) -> str:
