@@ -28,7 +28,8 @@ SAMPLERS = ("ddim", "euler_a", "dpmpp_2m", "pndm", "lms", "euler")
 ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "softsign", "mish")
 # memory (issue 14): "auto" adds the savings a run needs to fit (plan/auto.py); "manual" uses the settings as given
 MEMORY_MODES = ("auto", "manual")
-MEMORY_KEYS = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions")
+MEMORY_KEYS = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions",
+               "fused_optimizer_step", "full_bf16")
 # Keys whose values are paths (a front end that serves clients checks where they point), and
 # the path keys inside each of `concepts`: `client_paths` lists them all.
 PATH_KEYS = ("base_model", "instance_data_dir", "class_data_dir", "output_dir", "resume_from", "dataset_config")
@@ -99,6 +100,11 @@ class TrainConfig:
     pack_frozen_convolutions: bool = True  # CPU: frozen conv weights kept in oneDNN's layout (faster; +1 copy of them if it fits)
     snr_gamma: float | None = None
     noise_offset: float = 0.0
+    # full fine-tuning on small cards (train/fused_step.py): each weight's Adafactor step runs as soon as
+    # its gradient is ready and the gradient is freed, so no full set of gradients exists; max_grad_norm
+    # then clips each weight's gradient on its own (the global norm is never formed)
+    fused_optimizer_step: bool = False
+    full_bf16: bool = False              # trained weights stored in bf16 (kohya's full_bf16): half the bytes, less precise updates
 
     # memory: with "auto" the MEMORY_KEYS not pinned are chosen to fit the device; set ones are pinned
     memory: str = "auto"
@@ -187,6 +193,32 @@ class TrainConfig:
         defaults = TrainConfig.__dataclass_fields__
         return set(self.pinned) | {k for k in MEMORY_KEYS if getattr(self, k) != defaults[k].default}
 
+    def fused_step_problem(self) -> str | None:
+        """Why `fused_optimizer_step` cannot be used with the other settings (None: it can, or it is off)."""
+        if not self.fused_optimizer_step:
+            return None
+        if self.method != "dreambooth":
+            return "fused_optimizer_step is for full fine-tuning (method='dreambooth'); a LoRA's gradients are small: turn it off"
+        if self.optimizer != "adafactor":
+            return f"fused_optimizer_step runs Adafactor's step per weight: set optimizer='adafactor' (got {self.optimizer!r})"
+        if self.gradient_accumulation_steps != 1:
+            return ("fused_optimizer_step steps each weight during backward, but gradient accumulation must keep every "
+                    "gradient until the last micro-batch: set gradient_accumulation_steps=1 or turn it off")
+        if self.mixed_precision == "fp16":
+            return ("fused_optimizer_step cannot unscale fp16 loss scaling per weight (an overflow must skip the whole step): "
+                    "use mixed_precision='bf16' (or 'no'), or turn it off")
+        return None
+
+    def full_bf16_problem(self) -> str | None:
+        """Why `full_bf16` cannot be used with the other settings (None: it can, or it is off)."""
+        if not self.full_bf16:
+            return None
+        if self.method != "dreambooth":
+            return "full_bf16 stores the fully trained weights in bf16: it is for method='dreambooth'"
+        if self.mixed_precision != "bf16":
+            return f"full_bf16 needs mixed_precision='bf16' (a device with bf16; got {self.mixed_precision!r})"
+        return None
+
     # ---- validation -----------------------------------------------------------------
     def validate(self, check_paths: bool = True) -> "TrainConfig":
         """Raise ConfigError naming the key and what to do; return self when all is well
@@ -236,6 +268,9 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999, or left unset (got {self.ema_decay})")
         if self.publish_step_saves and not self.checkpointing_steps:
             raise ConfigError("publish_step_saves places the saves made every checkpointing_steps: set checkpointing_steps too")
+        problem = self.fused_step_problem() or self.full_bf16_problem()
+        if problem:
+            raise ConfigError(problem)
         if self.ema_start_step < 0:
             raise ConfigError(f"ema_start_step must not be negative (got {self.ema_start_step})")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

@@ -7,7 +7,11 @@ The order (each step is tried only when the steps before it do not fit):
 3. cached latents (the VAE leaves the step) - text-encoder outputs are cached whenever the
    text encoders do not train;
 4. gradient checkpointing;
-5. a lean optimizer: 8-bit AdamW where bitsandbytes works on a GPU, else Adafactor.
+5. a lean optimizer: 8-bit AdamW where bitsandbytes works on a GPU, else Adafactor;
+6. full fine-tuning: Adafactor with its step fused into the backward pass (train/fused_step.py:
+   no full set of gradients; needs gradient_accumulation_steps=1 and no fp16 loss scaling);
+7. full fine-tuning where the compute dtype is bf16: the trained weights stored in bf16
+   (full_bf16; costs precision: updates rounded to nearest, no stochastic rounding).
 On a GPU step 2 is always taken (it is faster there too). A setting the user pinned is
 never changed; when the plan still does not fit, the run is refused before the model loads.
 """
@@ -60,11 +64,17 @@ def savings(device: str) -> list[Saving]:
         Saving("cached latents", {"cache_latents": True}),
         Saving("gradient checkpointing", {"gradient_checkpointing": True}),
         Saving(f"{lean_optimizer(device)} optimizer", {"optimizer": lean_optimizer(device)}),
+        Saving("adafactor step fused into backward", {"optimizer": "adafactor", "fused_optimizer_step": True}),
+        Saving("bf16 trained weights (full_bf16: costs precision)", {"full_bf16": True}),
     ]
 
 
 def applies(saving: Saving, config: "TrainConfig") -> bool:
-    return any(getattr(config, k) != v for k, v in saving.changes.items())
+    """Whether `saving` changes `config` into settings that work together (config.*_problem)."""
+    if not any(getattr(config, k) != v for k, v in saving.changes.items()):
+        return False
+    trial = dataclasses.replace(config, **saving.changes)
+    return trial.fused_step_problem() is None and trial.full_bf16_problem() is None
 
 
 def blocked_by(saving: Saving, config: "TrainConfig") -> list[str]:

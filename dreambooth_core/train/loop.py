@@ -289,6 +289,7 @@ class Trainer:
         self.params = method.parameters()
         self.ema = WeightAverage.for_config(cfg, self.params)
         self.optimizer = acc.prepare(build_optimizer(cfg, method.param_groups()))
+        self.fused = self._fuse_optimizer_step() if cfg.fused_optimizer_step else None
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
@@ -423,6 +424,26 @@ class Trainer:
         if self.prompts.embeds is not None:
             for te in model.text_encoders:
                 te.to("meta")
+
+    def _fuse_optimizer_step(self):
+        """Step each weight during backward (train.fused_step); the hooks go when the run ends,
+        so a host's model trained again in the same process is not stepped twice."""
+        from .fused_step import FusedOptimizerStep
+
+        cfg = self.config
+        reduce = self._average_gradient if self.acc.num_processes > 1 else None
+        fused = FusedOptimizerStep(self.optimizer, cfg.max_grad_norm, reduce=reduce)
+        self._scope.callback(fused.remove)
+        if cfg.max_grad_norm > 0:
+            self.info(f"optimizer step fused into backward: each weight's gradient is clipped to norm {cfg.max_grad_norm} "
+                      "on its own (the global norm is never formed)")
+        return fused
+
+    def _average_gradient(self, grad: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce(grad)
+        grad /= self.acc.num_processes
 
     def _resume(self, folder: Path) -> None:
         state = load_state(folder)
@@ -560,13 +581,14 @@ class Trainer:
             with acc.accumulate():
                 with acc.autocast():
                     parts = self._loss(self.micro_step)
-                acc.backward(parts.total)
-                if acc.sync_gradients:
-                    self._average_gradients()
-                    if cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                acc.backward(parts.total)   # with a fused step, every weight is stepped inside backward
+                if self.fused is None:
+                    if acc.sync_gradients:
+                        self._average_gradients()
+                        if cfg.max_grad_norm > 0:
+                            acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
             self.micro_step += 1
             totals += torch.stack([parts.total.detach().float(), parts.instance.float(),
                                    parts.prior.float() if parts.prior is not None else torch.zeros((), device=acc.device)])
@@ -582,12 +604,10 @@ class Trainer:
         (every process runs the same graph, so the buckets line up)."""
         if self.acc.num_processes == 1:
             return
-        import torch.distributed as dist
 
         def flush(bucket: list[torch.Tensor]) -> None:
             flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
-            flat /= self.acc.num_processes
+            self._average_gradient(flat)
             offset = 0
             for g in bucket:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
