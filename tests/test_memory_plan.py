@@ -64,6 +64,22 @@ def test_plan_is_within_15_percent_of_a_real_step(tmp_path, method, checkpointin
     assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
 
 
+@pytest.mark.parametrize("bf16_weights", [False, True])
+def test_plan_with_the_step_fused_into_backward_is_within_15_percent_of_a_real_step(tmp_path, bf16_weights):
+    """Full fine-tuning with Adafactor stepping each weight inside backward (no full set of
+    gradients), with fp32 or (full_bf16) bf16 trained weights."""
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    cfg = tiny_config(tmp_path, method="dreambooth", memory="manual", pack_frozen_convolutions=False, max_train_steps=2,
+                      optimizer="adafactor", fused_optimizer_step=True, full_bf16=bf16_weights,
+                      mixed_precision="bf16" if bf16_weights else "no", learning_rate=1e-4)
+    model = tiny_base_model("sd1")
+    plan = plan_memory(cfg, model=model)
+    measured = measured_step(cfg, model)
+    assert step_bytes(plan) == pytest.approx(measured, rel=0.15), (step_bytes(plan), measured)
+    assert plan.parts["gradients"] < plan.parts["trainable_weights"] / 4
+
+
 @pytest.mark.slow
 def test_plan_of_a_lora_step_on_the_full_sd15_architecture(tmp_path):
     """One LoRA step of the real SD1.5 module tree (random weights) at 128 px."""
@@ -96,6 +112,11 @@ def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
         ({"mixed_precision": "bf16", "gradient_checkpointing": True}, ["bf16 mixed precision", "gradient checkpointing"]),
         ({"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adafactor"},
          ["bf16 mixed precision", "gradient checkpointing", "adafactor optimizer"]),
+        ({"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adafactor", "fused_optimizer_step": True},
+         ["bf16 mixed precision", "gradient checkpointing", "adafactor optimizer", "adafactor step fused into backward"]),
+        ({"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adafactor", "fused_optimizer_step": True, "full_bf16": True},
+         ["bf16 mixed precision", "gradient checkpointing", "adafactor optimizer", "adafactor step fused into backward",
+          "bf16 trained weights (full_bf16: costs precision)"]),
     ]
     totals = []
     for changes, names in table:
@@ -120,7 +141,8 @@ def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_
     base = tmp_path / "tiny.safetensors"
     loading.save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
     all_savings = plan_memory(tiny_config(tmp_path, method="dreambooth", base_model=str(base), pack_frozen_convolutions=False,
-                                          mixed_precision="bf16", gradient_checkpointing=True, optimizer="adafactor"), device="cpu")
+                                          mixed_precision="bf16", gradient_checkpointing=True, optimizer="adafactor",
+                                          fused_optimizer_step=True, full_bf16=True), device="cpu")
     monkeypatch.setattr(memory, "free_memory", lambda device: int(all_savings.total_bytes / (1 - MARGIN)) + 1)
     monkeypatch.setattr(memory, "run_device", lambda: "cpu")
     monkeypatch.setattr(loading, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))
