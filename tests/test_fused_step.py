@@ -89,3 +89,18 @@ def test_fused_step_is_refused_where_it_cannot_work(tmp_path, changes, message):
 def test_full_bf16_needs_bf16_mixed_precision(tmp_path):
     with pytest.raises(ConfigError, match="mixed_precision='bf16'"):
         tiny_config(tmp_path, method="dreambooth", full_bf16=True, mixed_precision="no").validate()
+
+
+@pytest.mark.parametrize("changes, fp32", [
+    (dict(), {"unet"}),                                            # frozen VAE and text encoder in bf16
+    (dict(train_text_encoder=True), {"unet", "text_encoder", "text_encoder_2"}),
+    (dict(save_dtype="fp32"), {"unet", "vae", "text_encoder", "text_encoder_2"}),  # a full-precision file asked for
+    (dict(full_bf16=True), set()),
+])
+def test_dreambooth_loads_what_does_not_train_in_the_compute_dtype(tmp_path, changes, fp32):
+    from dreambooth_core.methods.dreambooth import DreamBoothMethod
+
+    cfg = tiny_config(tmp_path, method="dreambooth", mixed_precision="bf16", **changes)
+    dtypes = DreamBoothMethod.load_dtypes(cfg, torch.bfloat16)
+    assert {c for c, d in dtypes.items() if d == torch.float32} == fp32
+    assert {d for c, d in dtypes.items() if c not in fp32} <= {torch.bfloat16}
