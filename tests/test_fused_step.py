@@ -104,3 +104,32 @@ def test_dreambooth_loads_what_does_not_train_in_the_compute_dtype(tmp_path, cha
     dtypes = DreamBoothMethod.load_dtypes(cfg, torch.bfloat16)
     assert {c for c, d in dtypes.items() if d == torch.float32} == fp32
     assert {d for c, d in dtypes.items() if c not in fp32} <= {torch.bfloat16}
+
+
+def test_out_of_memory_inside_a_fused_backward_keeps_no_half_stepped_state(tmp_path, monkeypatch):
+    """Some weights of step 3 were already stepped when memory ran out: the state saved at step 1
+    is what a resume continues from, not the half-stepped weights."""
+    from transformers.optimization import Adafactor
+
+    from dreambooth_core.errors import OutOfMemory
+
+    calls = {"n": 0}
+    real = Adafactor.step
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    per_step = len(list(tiny_base_model("sd1").unet.parameters()))
+
+    def step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2 * per_step + 5:   # the 5th weight of step 3
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Adafactor, "step", step)
+    cfg = tiny_config(tmp_path, max_train_steps=4, checkpointing_steps=1, fused_optimizer_step=True, **FULL)
+    rec = Recorder()
+    with pytest.raises(OutOfMemory, match="already updated 4 weights.*state of step 2 is kept") as info:
+        train(cfg, recorder=rec)
+    assert info.value.step == 2
+    states = sorted(p.name for p in (tmp_path / "runs" / "zwx_dog" / "state").iterdir())
+    assert states == ["step-1", "step-2"]

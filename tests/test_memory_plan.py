@@ -131,6 +131,25 @@ def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
         choose(cfg, int(totals[-1] * 0.5), "cpu", model=model)
 
 
+def test_a_saving_that_saved_nothing_is_taken_once_a_later_one_makes_it_pay(tmp_path, monkeypatch):
+    """Full fine-tuning: while a full set of gradients sets the peak (after backward), gradient
+    checkpointing saves nothing; once the optimizer step is fused into backward it does."""
+    from dreambooth_core.plan import auto
+    from dreambooth_core.plan.memory import GiB, MemoryPlan
+
+    def peak(cfg, device="cpu", arch=None):   # weights, then the larger of gradients and activations
+        gradients = 0 if cfg.fused_optimizer_step else 10
+        activations = 2 if cfg.gradient_checkpointing else 6
+        return MemoryPlan(parts={"all": (10 + max(gradients, activations)) * GiB}, settings={}, device=device)
+
+    monkeypatch.setattr(auto, "plan_memory", peak)
+    monkeypatch.setattr(auto, "architecture", lambda config, model=None: None)
+    cfg = tiny_config(tmp_path, method="dreambooth")
+    chosen, plan = auto.choose(cfg, int(12 * GiB / (1 - auto.MARGIN)) + 1, "cpu")
+    assert plan.choices == ["adafactor step fused into backward", "gradient checkpointing"]
+    assert chosen.fused_optimizer_step and chosen.gradient_checkpointing and chosen.mixed_precision == "no"
+
+
 def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     from dreambooth_core.models import loading
     from dreambooth_core.models.tiny import tiny_base_model

@@ -1,6 +1,8 @@
 """memory="auto": the cheapest savings that make a run fit its device, in a fixed order.
 
-The order (each step is tried only when the steps before it do not fit):
+The order (each step is tried only when the steps before it do not fit; one that saved
+nothing is tried again once a later one is taken: gradient checkpointing saves nothing while
+a full set of gradients sets the peak, and pays once the optimizer step is fused):
 1. on a CPU only: frozen convolutions stay plain (no packed copy: slower steps, less memory);
 2. bf16 mixed precision (fp16 where bf16 is missing) with fp32 trained weights; frozen parts
    are then loaded in the compute dtype (Method.load_dtypes);
@@ -95,9 +97,9 @@ def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseMode
         chosen.append(order[0].name)
         order = order[1:]
     plan = plan_memory(config, device=device, arch=arch)
-    for saving in order:
-        if plan.total_bytes <= budget:
-            break
+    pending, idle = list(order), []   # idle: savings that saved nothing yet; a later one taken may make them pay
+    while pending and plan.total_bytes > budget:
+        saving = pending.pop(0)
         if not applies(saving, config):
             continue
         pinned = blocked_by(saving, config)
@@ -109,6 +111,9 @@ def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseMode
         if trial_plan.total_bytes < plan.total_bytes:  # a saving that saves nothing here costs speed for nothing
             config, plan = trial, trial_plan
             chosen.append(saving.name)
+            pending, idle = idle + pending, []
+        else:
+            idle.append(saving)
     plan.choices = chosen
     if plan.total_bytes > budget:
         raise UserError(refusal(plan, free_bytes, blocked))

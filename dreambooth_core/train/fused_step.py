@@ -30,6 +30,7 @@ class FusedOptimizerStep:
         self.optimizer = optimizer
         self.max_grad_norm = max_grad_norm
         self.reduce = reduce    # averages a gradient over processes, in place (several processes)
+        self.stepped = 0        # weights stepped since the caller last set it to 0 (a failed backward leaves some stepped)
         self._handles = [p.register_post_accumulate_grad_hook(self._make_hook(group))
                          for group in optimizer.param_groups for p in group["params"]]
 
@@ -46,6 +47,7 @@ class FusedOptimizerStep:
             finally:
                 group["params"] = params
             p.grad = None
+            self.stepped += 1
         return hook
 
     def remove(self) -> None:

@@ -32,7 +32,8 @@ from .packed_convs import packed_frozen_convolutions, packing_cost
 from .prompts import PromptCache, common_word_warning
 from .result import RunResult
 from .run_dir import RunDir
-from .state import TrainingState, check_compatible, load_state, restore_rng, resume_settings, rng_states, save_state, saved_step
+from .state import (TrainingState, check_compatible, load_state, restore_rng, resume_settings, rng_states, save_state, saved_step,
+                    state_dirs)
 
 if TYPE_CHECKING:
     from ..methods.base import Method
@@ -161,6 +162,7 @@ class Trainer:
         self.micro_step = 0
         self.acc = None
         self.ema: WeightAverage | None = None
+        self.fused = None   # train.fused_step.FusedOptimizerStep when the optimizer steps inside backward
         self.own_finals: set[str] = set()  # this run's final outputs that a continuation replaces
         self._retried = False  # an out-of-memory retry (memory="auto") happens once
 
@@ -507,14 +509,20 @@ class Trainer:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        kept = ""
-        if self.step > self.session_start:
+        kept, saved = "", self.step
+        if self.fused is not None and self.fused.stepped:
+            # the weights are step k-1's no more: keep the last state saved before
+            states = state_dirs(self.run_dir.state)
+            saved = int(states[-1].name[5:]) if states else 0
+            kept = (f" the step had already updated {self.fused.stepped} weights (the optimizer step is fused into backward),"
+                    f" so no state is saved now ({f'the state of step {saved} is kept' if states else 'none was saved before'});")
+        elif self.step > self.session_start:
             self._save_state()
             kept = f" the state of step {self.step} is saved (resume_from='latest' continues from it);"
         saving = next_saving(self.config, run_device())
         advice = f"set {', '.join(f'{k}={v!r}' for k, v in saving.changes.items())}" if saving else "lower resolution or train_batch_size"
         return OutOfMemory(f"out of memory at step {self.step + 1} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]});{kept} "
-                           f"to fit, {advice}, or free memory the host holds (close other models), then resume.", self.step)
+                           f"to fit, {advice}, or free memory the host holds (close other models), then resume.", saved)
 
     def _steps(self) -> RunResult:
         cfg = self.config
@@ -577,6 +585,8 @@ class Trainer:
         lr = self.lr_scheduler.get_last_lr()[0]
         torch.manual_seed(derive_seed(cfg.seed, "global", self.step, acc.process_index))  # any stray randomness (dropout)
         totals = torch.zeros(3, device=acc.device)
+        if self.fused is not None:
+            self.fused.stepped = 0
         for _ in range(cfg.gradient_accumulation_steps):
             with acc.accumulate():
                 with acc.autocast():
