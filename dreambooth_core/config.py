@@ -193,30 +193,25 @@ class TrainConfig:
         defaults = TrainConfig.__dataclass_fields__
         return set(self.pinned) | {k for k in MEMORY_KEYS if getattr(self, k) != defaults[k].default}
 
-    def fused_step_problem(self) -> str | None:
-        """Why `fused_optimizer_step` cannot be used with the other settings (None: it can, or it is off)."""
-        if not self.fused_optimizer_step:
-            return None
-        if self.method != "dreambooth":
-            return "fused_optimizer_step is for full fine-tuning (method='dreambooth'); a LoRA's gradients are small: turn it off"
-        if self.optimizer != "adafactor":
-            return f"fused_optimizer_step runs Adafactor's step per weight: set optimizer='adafactor' (got {self.optimizer!r})"
-        if self.gradient_accumulation_steps != 1:
-            return ("fused_optimizer_step steps each weight during backward, but gradient accumulation must keep every "
-                    "gradient until the last micro-batch: set gradient_accumulation_steps=1 or turn it off")
-        if self.mixed_precision == "fp16":
-            return ("fused_optimizer_step cannot unscale fp16 loss scaling per weight (an overflow must skip the whole step): "
-                    "use mixed_precision='bf16' (or 'no'), or turn it off")
-        return None
-
-    def full_bf16_problem(self) -> str | None:
-        """Why `full_bf16` cannot be used with the other settings (None: it can, or it is off)."""
-        if not self.full_bf16:
-            return None
-        if self.method != "dreambooth":
-            return "full_bf16 stores the fully trained weights in bf16: it is for method='dreambooth'"
-        if self.mixed_precision != "bf16":
-            return f"full_bf16 needs mixed_precision='bf16' (a device with bf16; got {self.mixed_precision!r})"
+    def memory_problem(self) -> str | None:
+        """Why `fused_optimizer_step` or `full_bf16` cannot be used with the other settings (None: they can)."""
+        full = self.method == "dreambooth"
+        if self.fused_optimizer_step:
+            if not full:
+                return "fused_optimizer_step is for full fine-tuning (method='dreambooth'); a LoRA's gradients are small: turn it off"
+            if self.optimizer != "adafactor":
+                return f"fused_optimizer_step runs Adafactor's step per weight: set optimizer='adafactor' (got {self.optimizer!r})"
+            if self.gradient_accumulation_steps != 1:
+                return ("fused_optimizer_step steps each weight during backward, but gradient accumulation must keep every "
+                        "gradient until the last micro-batch: set gradient_accumulation_steps=1 or turn it off")
+            if self.mixed_precision == "fp16":
+                return ("fused_optimizer_step cannot unscale fp16 loss scaling per weight (an overflow must skip the whole step): "
+                        "use mixed_precision='bf16' (or 'no'), or turn it off")
+        if self.full_bf16:
+            if not full:
+                return "full_bf16 stores the fully trained weights in bf16: it is for method='dreambooth'"
+            if self.mixed_precision != "bf16":
+                return f"full_bf16 needs mixed_precision='bf16' (a device with bf16; got {self.mixed_precision!r})"
         return None
 
     # ---- validation -----------------------------------------------------------------
@@ -268,7 +263,7 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must be between 0 and 1, e.g. 0.999, or left unset (got {self.ema_decay})")
         if self.publish_step_saves and not self.checkpointing_steps:
             raise ConfigError("publish_step_saves places the saves made every checkpointing_steps: set checkpointing_steps too")
-        problem = self.fused_step_problem() or self.full_bf16_problem()
+        problem = self.memory_problem()
         if problem:
             raise ConfigError(problem)
         if self.ema_start_step < 0:

@@ -72,11 +72,10 @@ def savings(device: str) -> list[Saving]:
 
 
 def applies(saving: Saving, config: "TrainConfig") -> bool:
-    """Whether `saving` changes `config` into settings that work together (config.*_problem)."""
+    """Whether `saving` changes `config` into settings that work together (TrainConfig.memory_problem)."""
     if not any(getattr(config, k) != v for k, v in saving.changes.items()):
         return False
-    trial = dataclasses.replace(config, **saving.changes)
-    return trial.fused_step_problem() is None and trial.full_bf16_problem() is None
+    return dataclasses.replace(config, **saving.changes).memory_problem() is None
 
 
 def blocked_by(saving: Saving, config: "TrainConfig") -> list[str]:

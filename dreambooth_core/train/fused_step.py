@@ -13,7 +13,7 @@ and the optimizer's state dict saves and resumes as usual.
 
 What fusing changes: the global gradient norm is never formed, so `max_grad_norm` clips
 each weight's gradient on its own; gradients cannot be accumulated over micro-batches, and
-fp16 loss scaling cannot skip a whole step (config.fused_step_problem refuses both).
+fp16 loss scaling cannot skip a whole step (TrainConfig.memory_problem refuses both).
 """
 from __future__ import annotations
 
