@@ -83,16 +83,33 @@ def test_plan_with_the_step_fused_into_backward_is_within_15_percent_of_a_real_s
 @pytest.mark.slow
 def test_plan_of_a_lora_step_on_the_full_sd15_architecture(tmp_path):
     """One LoRA step of the real SD1.5 module tree (random weights) at 128 px."""
+    model = random_sd15()
+    cfg = tiny_config(tmp_path, method="lora", memory="manual", pack_frozen_convolutions=False, resolution=128, rank=16, max_train_steps=2)
+    planned = step_bytes(plan_memory(cfg, model=model))
+    measured = measured_step(cfg, model)
+    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+
+
+def random_sd15():
+    from dreambooth_core.families import get_family
     from dreambooth_core.models.base import BaseModel
     from dreambooth_core.models.loading import _empty_components, shipped_configs
-    from dreambooth_core.families import get_family
     from dreambooth_core.models.tokenizers import family_tokenizers
 
     fam = get_family("sd1")
     configs = shipped_configs(fam)
     modules = _empty_components(fam, configs, empty=False)
-    model = BaseModel(fam, modules["unet"], modules["vae"], [modules["text_encoder"]], family_tokenizers(fam), configs["scheduler"], name="sd1-random")
-    cfg = tiny_config(tmp_path, method="lora", memory="manual", pack_frozen_convolutions=False, resolution=128, rank=16, max_train_steps=2)
+    return BaseModel(fam, modules["unet"], modules["vae"], [modules["text_encoder"]], family_tokenizers(fam), configs["scheduler"], name="sd1-random")
+
+
+@pytest.mark.slow
+def test_plan_of_a_fused_bf16_full_fine_tuning_step_on_the_full_sd15_architecture(tmp_path):
+    """The savings that make SD1.5 DreamBooth fit a small card (bf16 weights, Adafactor fused
+    into backward, checkpointing), one real step of the whole UNet at 128 px."""
+    cfg = tiny_config(tmp_path, method="dreambooth", memory="manual", pack_frozen_convolutions=False, resolution=128, max_train_steps=2,
+                      mixed_precision="bf16", optimizer="adafactor", fused_optimizer_step=True, full_bf16=True,
+                      gradient_checkpointing=True, learning_rate=1e-5)
+    model = random_sd15()
     planned = step_bytes(plan_memory(cfg, model=model))
     measured = measured_step(cfg, model)
     assert planned == pytest.approx(measured, rel=0.15), (planned, measured)

@@ -513,7 +513,7 @@ class Trainer:
         if self.fused is not None and self.fused.stepped:
             # the weights are step k-1's no more: keep the last state saved before
             states = state_dirs(self.run_dir.state)
-            saved = int(states[-1].name[5:]) if states else 0
+            saved = saved_step(states[-1]) if states else 0
             kept = (f" the step had already updated {self.fused.stepped} weights (the optimizer step is fused into backward),"
                     f" so no state is saved now ({f'the state of step {saved} is kept' if states else 'none was saved before'});")
         elif self.step > self.session_start:
