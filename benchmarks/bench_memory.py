@@ -28,7 +28,7 @@ RUNS = [  # (label, family, settings, target GiB)
 def main() -> None:
     from dreambooth_core.config import TrainConfig
     from dreambooth_core.errors import UserError
-    from dreambooth_core.plan.auto import MARGIN, choose, savings
+    from dreambooth_core.plan.auto import MARGIN, applies, choose, savings
     from dreambooth_core.plan.memory import GiB, plan_memory
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +44,8 @@ def main() -> None:
             chose = "; ".join(plan.choices) or "nothing"
         except UserError:  # even every saving does not reach the target: show that plan
             for saving in savings(args.device):
-                cfg = TrainConfig(**{**cfg.__dict__, **saving.changes})
+                if applies(saving, cfg):
+                    cfg = TrainConfig(**{**cfg.__dict__, **saving.changes})
             plan = plan_memory(cfg, device=args.device)
             chose = "every saving (still above target)"
         total = plan.total_bytes / GiB

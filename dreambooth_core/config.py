@@ -29,7 +29,7 @@ ACTIVATIONS = ("linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid",
 # memory (issue 14): "auto" adds the savings a run needs to fit (plan/auto.py); "manual" uses the settings as given
 MEMORY_MODES = ("auto", "manual")
 MEMORY_KEYS = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions",
-               "frozen_weights_dtype")
+               "frozen_weights_dtype", "fused_optimizer_step", "full_bf16")
 # frozen_weights_dtype: "compute" keeps frozen weights in the compute dtype; "fp8" stores them in
 # 8-bit float, up-cast one layer at a time (train/fp8_weights.py)
 FROZEN_WEIGHTS_DTYPES = ("compute", "fp8")
@@ -108,6 +108,11 @@ class TrainConfig:
     frozen_weights_dtype: str = "compute"  # "fp8": frozen UNet/text-encoder weights stored in 8-bit float (half of bf16)
     snr_gamma: float | None = None
     noise_offset: float = 0.0
+    # full fine-tuning on small cards (train/fused_step.py): each weight's Adafactor step runs as soon as
+    # its gradient is ready and the gradient is freed, so no full set of gradients exists; max_grad_norm
+    # then clips each weight's gradient on its own (the global norm is never formed)
+    fused_optimizer_step: bool = False
+    full_bf16: bool = False              # trained weights stored in bf16 (kohya's full_bf16): half the bytes, less precise updates
 
     # memory: with "auto" the MEMORY_KEYS not pinned are chosen to fit the device; set ones are pinned
     memory: str = "auto"
@@ -211,6 +216,31 @@ class TrainConfig:
         defaults = TrainConfig.__dataclass_fields__
         return set(self.pinned) | {k for k in MEMORY_KEYS if getattr(self, k) != defaults[k].default}
 
+    def memory_problem(self) -> str | None:
+        """Why `fused_optimizer_step`, `full_bf16` or fp8 frozen weights cannot be used with the other
+        settings (None: they can)."""
+        full = self.method == "dreambooth"
+        if self.frozen_weights_dtype == "fp8" and full:
+            return ("frozen_weights_dtype='fp8' is for LoRA, Textual Inversion and hypernetworks: full fine-tuning saves its "
+                    "frozen parts again, which would keep the 8-bit rounding: set frozen_weights_dtype='compute'")
+        if self.fused_optimizer_step:
+            if not full:
+                return "fused_optimizer_step is for full fine-tuning (method='dreambooth'); a LoRA's gradients are small: turn it off"
+            if self.optimizer != "adafactor":
+                return f"fused_optimizer_step runs Adafactor's step per weight: set optimizer='adafactor' (got {self.optimizer!r})"
+            if self.gradient_accumulation_steps != 1:
+                return ("fused_optimizer_step steps each weight during backward, but gradient accumulation must keep every "
+                        "gradient until the last micro-batch: set gradient_accumulation_steps=1 or turn it off")
+            if self.mixed_precision == "fp16":
+                return ("fused_optimizer_step cannot unscale fp16 loss scaling per weight (an overflow must skip the whole step): "
+                        "use mixed_precision='bf16' (or 'no'), or turn it off")
+        if self.full_bf16:
+            if not full:
+                return "full_bf16 stores the fully trained weights in bf16: it is for method='dreambooth'"
+            if self.mixed_precision != "bf16":
+                return f"full_bf16 needs mixed_precision='bf16' (a device with bf16; got {self.mixed_precision!r})"
+        return None
+
     # ---- validation -----------------------------------------------------------------
     def validate(self, check_paths: bool = True) -> "TrainConfig":
         """Raise ConfigError naming the key and what to do; return self when all is well
@@ -271,6 +301,9 @@ class TrainConfig:
             raise ConfigError("select_best chooses among evaluated steps: set eval_every_n_steps above 0 (or leave it unset)")
         if not 0 <= self.select_max_prompt_drop <= 1:
             raise ConfigError(f"select_max_prompt_drop must be between 0 and 1 (got {self.select_max_prompt_drop})")
+        problem = self.memory_problem()
+        if problem:
+            raise ConfigError(problem)
         if self.ema_start_step < 0:
             raise ConfigError(f"ema_start_step must not be negative (got {self.ema_start_step})")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

@@ -29,7 +29,8 @@ class OutputExistsError(UserError):
 
 
 class OutOfMemory(UserError):
-    """The device ran out of memory mid-run; the last finished step's state is saved."""
+    """The device ran out of memory mid-run; `step`: the step whose saved state a resume
+    continues from (the last finished one, or with a fused optimizer step an earlier one; 0: none)."""
 
     def __init__(self, message: str, step: int):
         super().__init__(message)

@@ -64,19 +64,52 @@ def test_plan_is_within_15_percent_of_a_real_step(tmp_path, method, checkpointin
     assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
 
 
+@pytest.mark.parametrize("bf16_weights", [False, True])
+def test_plan_with_the_step_fused_into_backward_is_within_15_percent_of_a_real_step(tmp_path, bf16_weights):
+    """Full fine-tuning with Adafactor stepping each weight inside backward (no full set of
+    gradients), with fp32 or (full_bf16) bf16 trained weights."""
+    from dreambooth_core.models.tiny import tiny_base_model
+
+    cfg = tiny_config(tmp_path, method="dreambooth", memory="manual", pack_frozen_convolutions=False, max_train_steps=2,
+                      optimizer="adafactor", fused_optimizer_step=True, full_bf16=bf16_weights,
+                      mixed_precision="bf16" if bf16_weights else "no", learning_rate=1e-4)
+    model = tiny_base_model("sd1")
+    plan = plan_memory(cfg, model=model)
+    measured = measured_step(cfg, model)
+    assert step_bytes(plan) == pytest.approx(measured, rel=0.15), (step_bytes(plan), measured)
+    assert plan.parts["gradients"] < plan.parts["trainable_weights"] / 4
+
+
 @pytest.mark.slow
 def test_plan_of_a_lora_step_on_the_full_sd15_architecture(tmp_path):
     """One LoRA step of the real SD1.5 module tree (random weights) at 128 px."""
+    model = random_sd15()
+    cfg = tiny_config(tmp_path, method="lora", memory="manual", pack_frozen_convolutions=False, resolution=128, rank=16, max_train_steps=2)
+    planned = step_bytes(plan_memory(cfg, model=model))
+    measured = measured_step(cfg, model)
+    assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
+
+
+def random_sd15():
+    from dreambooth_core.families import get_family
     from dreambooth_core.models.base import BaseModel
     from dreambooth_core.models.configs import _empty_components, shipped_configs
-    from dreambooth_core.families import get_family
     from dreambooth_core.models.tokenizers import family_tokenizers
 
     fam = get_family("sd1")
     configs = shipped_configs(fam)
     modules = _empty_components(fam, configs, empty=False)
-    model = BaseModel(fam, modules["unet"], modules["vae"], [modules["text_encoder"]], family_tokenizers(fam), configs["scheduler"], name="sd1-random")
-    cfg = tiny_config(tmp_path, method="lora", memory="manual", pack_frozen_convolutions=False, resolution=128, rank=16, max_train_steps=2)
+    return BaseModel(fam, modules["unet"], modules["vae"], [modules["text_encoder"]], family_tokenizers(fam), configs["scheduler"], name="sd1-random")
+
+
+@pytest.mark.slow
+def test_plan_of_a_fused_bf16_full_fine_tuning_step_on_the_full_sd15_architecture(tmp_path):
+    """The savings that make SD1.5 DreamBooth fit a small card (bf16 weights, Adafactor fused
+    into backward, checkpointing), one real step of the whole UNet at 128 px."""
+    cfg = tiny_config(tmp_path, method="dreambooth", memory="manual", pack_frozen_convolutions=False, resolution=128, max_train_steps=2,
+                      mixed_precision="bf16", optimizer="adafactor", fused_optimizer_step=True, full_bf16=True,
+                      gradient_checkpointing=True, learning_rate=1e-5)
+    model = random_sd15()
     planned = step_bytes(plan_memory(cfg, model=model))
     measured = measured_step(cfg, model)
     assert planned == pytest.approx(measured, rel=0.15), (planned, measured)
@@ -96,6 +129,11 @@ def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
         ({"mixed_precision": "bf16", "gradient_checkpointing": True}, ["bf16 mixed precision", "gradient checkpointing"]),
         ({"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adafactor"},
          ["bf16 mixed precision", "gradient checkpointing", "adafactor optimizer"]),
+        ({"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adafactor", "fused_optimizer_step": True},
+         ["bf16 mixed precision", "gradient checkpointing", "adafactor optimizer", "adafactor step fused into backward"]),
+        ({"mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adafactor", "fused_optimizer_step": True, "full_bf16": True},
+         ["bf16 mixed precision", "gradient checkpointing", "adafactor optimizer", "adafactor step fused into backward",
+          "bf16 trained weights (full_bf16: costs precision)"]),
     ]
     totals = []
     for changes, names in table:
@@ -110,6 +148,25 @@ def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
         choose(cfg, int(totals[-1] * 0.5), "cpu", model=model)
 
 
+def test_a_saving_that_saved_nothing_is_taken_once_a_later_one_makes_it_pay(tmp_path, monkeypatch):
+    """Full fine-tuning: while a full set of gradients sets the peak (after backward), gradient
+    checkpointing saves nothing; once the optimizer step is fused into backward it does."""
+    from dreambooth_core.plan import auto
+    from dreambooth_core.plan.memory import GiB, MemoryPlan
+
+    def peak(cfg, device="cpu", arch=None):   # weights, then the larger of gradients and activations
+        gradients = 0 if cfg.fused_optimizer_step else 10
+        activations = 2 if cfg.gradient_checkpointing else 6
+        return MemoryPlan(parts={"all": (10 + max(gradients, activations)) * GiB}, settings={}, device=device)
+
+    monkeypatch.setattr(auto, "plan_memory", peak)
+    monkeypatch.setattr(auto, "architecture", lambda config, model=None: None)
+    cfg = tiny_config(tmp_path, method="dreambooth")
+    chosen, plan = auto.choose(cfg, int(12 * GiB / (1 - auto.MARGIN)) + 1, "cpu")
+    assert plan.choices == ["adafactor step fused into backward", "gradient checkpointing"]
+    assert chosen.fused_optimizer_step and chosen.gradient_checkpointing and chosen.mixed_precision == "no"
+
+
 def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     from dreambooth_core.models import load as model_load
     from dreambooth_core.models.save import save_single_file
@@ -121,7 +178,8 @@ def test_a_pinned_setting_that_cannot_fit_is_refused_before_the_model_loads(tmp_
     base = tmp_path / "tiny.safetensors"
     save_single_file(tiny_base_model("sd1"), base, dtype="fp32")
     all_savings = plan_memory(tiny_config(tmp_path, method="dreambooth", base_model=str(base), pack_frozen_convolutions=False,
-                                          mixed_precision="bf16", gradient_checkpointing=True, optimizer="adafactor"), device="cpu")
+                                          mixed_precision="bf16", gradient_checkpointing=True, optimizer="adafactor",
+                                          fused_optimizer_step=True, full_bf16=True), device="cpu")
     monkeypatch.setattr(memory, "free_memory", lambda device: int(all_savings.total_bytes / (1 - MARGIN)) + 1)
     monkeypatch.setattr(memory, "run_device", lambda: "cpu")
     monkeypatch.setattr(model_load, "load_base_model", lambda *a, **k: pytest.fail("the model was loaded"))

@@ -299,13 +299,16 @@ from dreambooth_core.train.loop import Trainer
 Trainer._average_gradients.__defaults__ = (5000,)  # many small buckets: exercise the bucketing
 out, batch = Path(sys.argv[1]), int(sys.argv[2])
 cfg = tiny_config(out, train_batch_size=batch, max_train_steps=3, random_flip=True, with_prior_preservation=True,
-                  instance_data_dir={instance!r}, class_data_dir={classes!r})
+                  instance_data_dir={instance!r}, class_data_dir={classes!r}, **{extra!r})
 train(cfg)
 """
+# full fine-tuning with the optimizer step fused into backward: each gradient is averaged in its hook
+FUSED = dict(method="dreambooth", optimizer="adafactor", fused_optimizer_step=True, pack_frozen_convolutions=False, memory="manual")
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path):
+@pytest.mark.parametrize("extra", [{}, FUSED], ids=["plain", "fused"])
+def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path, extra):
     import os
     import subprocess
     import sys
@@ -313,7 +316,7 @@ def test_two_processes_equal_one_process_with_the_doubled_batch(tmp_path):
 
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(tests=str(Path(__file__).parent), instance=str(make_images(tmp_path / "inst", n=5)),
-                                    classes=class_dir(tmp_path, 3)))
+                                    classes=class_dir(tmp_path, 3), extra=extra))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "2"], check=True, env=env, capture_output=True)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),

@@ -74,7 +74,8 @@ class Method:
 
     def setup(self, weight_dtype: "torch.dtype") -> None:
         """Freeze the whole model (in `load_dtypes`), then let the method add/unfreeze its
-        weights, which are kept in fp32 (mixed-precision training updates fp32 masters)."""
+        weights, which are kept in fp32 (mixed-precision training updates fp32 masters)
+        unless `trained_dtype` says otherwise."""
         m = self.model
         dtypes = self.load_dtypes(self.config, weight_dtype)
         for name, module in {"unet": m.unet, "vae": m.vae, **dict(zip(m.family.text_encoders, m.text_encoders))}.items():
@@ -83,8 +84,9 @@ class Method:
                 module.to(dtype=dtypes[name])
             module.eval()
         self.prepare()
+        trained = self.trained_dtype(self.config)
         for p in self.parameters():
-            p.data = p.data.float()
+            p.data = p.data.to(trained)
         if self.config.frozen_weights_dtype == "fp8":
             self.store_frozen_in_fp8()
 
@@ -99,6 +101,14 @@ class Method:
         for name, module in {"unet": m.unet, **dict(zip(m.family.text_encoders, m.text_encoders))}.items():
             if name not in keep:
                 store_in_fp8(module)
+
+    @staticmethod
+    def trained_dtype(config: "TrainConfig") -> "torch.dtype":
+        """fp32 masters, or bf16 with `full_bf16` (full fine-tuning on small cards; the
+        updates are rounded to bf16's 8 bits, to nearest: no stochastic rounding)."""
+        import torch
+
+        return torch.bfloat16 if config.full_bf16 else torch.float32
 
     def prepare(self) -> None:
         """Add or unfreeze the trained weights (called with everything frozen)."""

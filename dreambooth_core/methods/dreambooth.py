@@ -23,9 +23,16 @@ class DreamBoothMethod(Method):
 
     @classmethod
     def full_precision_components(cls, config: "TrainConfig") -> tuple[str, ...]:
+        """The trained parts (unless `full_bf16`); the frozen ones too when the model is saved in
+        fp32. Otherwise the VAE and frozen text encoders are held in the compute dtype (half the
+        bytes) and saved from it: a bf16 run's saved fp16 file carries them at bf16's precision."""
         from ..models.configs import COMPONENTS
 
-        return COMPONENTS  # the UNet trains and the whole model is saved again
+        if config.save_dtype == "fp32":
+            return COMPONENTS
+        if config.full_bf16:
+            return ()
+        return ("unet", "text_encoder", "text_encoder_2") if config.train_text_encoder else ("unet",)
 
     @property
     def needs_full_model(self) -> bool:

@@ -1,6 +1,8 @@
 """memory="auto": the cheapest savings that make a run fit its device, in a fixed order.
 
-The order (each step is tried only when the steps before it do not fit):
+The order (each step is tried only when the steps before it do not fit; one that saved
+nothing is tried again once a later one is taken: gradient checkpointing saves nothing while
+a full set of gradients sets the peak, and pays once the optimizer step is fused):
 1. on a CPU only: frozen convolutions stay plain (no packed copy: slower steps, less memory);
 2. bf16 mixed precision (fp16 where bf16 is missing) with fp32 trained weights; frozen parts
    are then loaded in the compute dtype (Method.load_dtypes);
@@ -8,8 +10,13 @@ The order (each step is tried only when the steps before it do not fit):
    text encoders do not train;
 4. gradient checkpointing;
 5. a lean optimizer: 8-bit AdamW where bitsandbytes works on a GPU, else Adafactor;
-6. frozen UNet and text-encoder weights stored in 8-bit float, up-cast one layer at a time
-   (train/fp8_weights.py: a little quality and speed for half the frozen bytes).
+6. full fine-tuning: Adafactor with its step fused into the backward pass (train/fused_step.py:
+   no full set of gradients; needs gradient_accumulation_steps=1 and no fp16 loss scaling);
+7. full fine-tuning where the compute dtype is bf16: the trained weights stored in bf16
+   (full_bf16; costs precision: updates rounded to nearest, no stochastic rounding).
+8. frozen UNet and text-encoder weights stored in 8-bit float, up-cast one layer at a time
+   (train/fp8_weights.py: a little quality and speed for half the frozen bytes; not for full
+   fine-tuning, which saves its frozen parts again).
 On a GPU step 2 is always taken (it is faster there too). A setting the user pinned is
 never changed; when the plan still does not fit, the run is refused before the model loads.
 """
@@ -64,12 +71,17 @@ def savings(device: str) -> list[Saving]:
         Saving("cached latents", {"cache_latents": True}),
         Saving("gradient checkpointing", {"gradient_checkpointing": True}),
         Saving(f"{lean_optimizer(device)} optimizer", {"optimizer": lean_optimizer(device)}),
+        Saving("adafactor step fused into backward", {"optimizer": "adafactor", "fused_optimizer_step": True}),
+        Saving("bf16 trained weights (full_bf16: costs precision)", {"full_bf16": True}),
         Saving(FP8_COST, {"frozen_weights_dtype": "fp8"}),
     ]
 
 
 def applies(saving: Saving, config: "TrainConfig") -> bool:
-    return any(getattr(config, k) != v for k, v in saving.changes.items())
+    """Whether `saving` changes `config` into settings that work together (TrainConfig.memory_problem)."""
+    if not any(getattr(config, k) != v for k, v in saving.changes.items()):
+        return False
+    return dataclasses.replace(config, **saving.changes).memory_problem() is None
 
 
 def blocked_by(saving: Saving, config: "TrainConfig") -> list[str]:
@@ -90,9 +102,9 @@ def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseMode
         chosen.append(order[0].name)
         order = order[1:]
     plan = plan_memory(config, device=device, arch=arch)
-    for saving in order:
-        if plan.total_bytes <= budget:
-            break
+    pending, idle = list(order), []   # idle: savings that saved nothing yet; a later one taken may make them pay
+    while pending and plan.total_bytes > budget:
+        saving = pending.pop(0)
         if not applies(saving, config):
             continue
         pinned = blocked_by(saving, config)
@@ -104,6 +116,9 @@ def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseMode
         if trial_plan.total_bytes < plan.total_bytes:  # a saving that saves nothing here costs speed for nothing
             config, plan = trial, trial_plan
             chosen.append(saving.name)
+            pending, idle = idle + pending, []
+        else:
+            idle.append(saving)
     plan.choices = chosen
     if plan.total_bytes > budget:
         raise UserError(refusal(plan, free_bytes, blocked))

@@ -22,8 +22,9 @@ CARD_SIZES_GB = (6, 8, 12, 16, 24)
 # what a CUDA context, the allocator's fragmentation and the host's own tensors take beyond the plan
 CARD_RESERVE = 0.10
 # the settings a plan depends on (and reports)
-PLAN_KEYS = ("method", "mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions",
-             "frozen_weights_dtype", "train_batch_size", "with_prior_preservation", "train_text_encoder", "rank", "conv_rank", "num_vectors",
+PLAN_KEYS = ("method", "mixed_precision", "gradient_checkpointing", "optimizer", "fused_optimizer_step", "full_bf16",
+             "cache_latents", "pack_frozen_convolutions", "frozen_weights_dtype",
+             "train_batch_size", "with_prior_preservation", "train_text_encoder", "rank", "conv_rank", "num_vectors",
              "layer_structure", "num_validation_images", "memory")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -55,8 +56,11 @@ class MemoryPlan:
         lines += [f"  {name.replace('_', ' '):<22}{b / GiB:8.2f} GiB" for name, b in self.parts.items()]
         lines.append(f"  {'total':<22}{self.total_bytes / GiB:8.2f} GiB")
         lines.append("  fits: " + ", ".join(f"{gb} GB {'yes' if self.fits(gb) else 'no'}" for gb in CARD_SIZES_GB))
-        keys = ("mixed_precision", "gradient_checkpointing", "optimizer", "cache_latents", "pack_frozen_convolutions", "frozen_weights_dtype")
+        keys = ("mixed_precision", "gradient_checkpointing", "optimizer", "fused_optimizer_step", "full_bf16", "cache_latents",
+                "pack_frozen_convolutions", "frozen_weights_dtype")
         lines.append("  settings: " + ", ".join(f"{k}={s[k]}" for k in keys))
+        if s["full_bf16"]:
+            lines.append("  full_bf16: the trained weights are stored in bf16, which costs precision (each update is rounded to 8 bits)")
         if self.choices:
             lines.append("  chosen by memory=auto: " + "; ".join(self.choices))
         if self.preview_bytes:

@@ -55,6 +55,7 @@ def simulate_step(config: "TrainConfig", family: "Family", configs: dict[str, An
 
     from ..methods import get_method
     from ..models.configs import empty_base_model
+    from ..train.fused_step import FusedOptimizerStep
     from ..train.loop import build_optimizer
     from ..train.packed_convs import packing_cost
     from ..train.prompts import PromptCache
@@ -96,10 +97,12 @@ def simulate_step(config: "TrainConfig", family: "Family", configs: dict[str, An
         optimizer.zero_grad(set_to_none=True)
         state = storage_bytes(optimizer.state_dict()["state"]) if analytic is None else analytic * sum(p.numel() for p in params)
 
+        fused = FusedOptimizerStep(optimizer, config.max_grad_norm) if config.fused_optimizer_step else None
         prompts = PromptCache(model.tokenizers, ["a photo of zwx dog"], transform=method.prompt)
         with LiveBytes() as live:
-            _one_step(config, family, model, method, prompts, params, optimizer, resolution, weight_dtype)
-        gradients = trainable  # fp32 gradients of fp32 trained weights
+            _one_step(config, family, model, method, prompts, params, optimizer, resolution, weight_dtype, fused=fused is not None)
+        # gradients of the trained weights' dtype; fused into backward, one weight's at a time
+        gradients = max(storage_bytes([p]) for p in params) if fused else trainable
         packed = packing_cost(model.unet) if device_type == "cpu" and config.pack_frozen_convolutions else 0
     return StepBytes(frozen, trainable, gradients, state, max(0, live.peak - gradients), packed, parked)
 
@@ -136,8 +139,9 @@ def _fake_conversions() -> Iterator[None]:
         torch.utils.swap_tensors = swap
 
 
-def _one_step(config, family, model, method, prompts, params, optimizer, resolution: int, dtype: torch.dtype) -> None:
-    """The loop's step (train.loop.Trainer._optimizer_step) on fake inputs."""
+def _one_step(config, family, model, method, prompts, params, optimizer, resolution: int, dtype: torch.dtype, fused: bool = False) -> None:
+    """The loop's step (train.loop.Trainer._optimizer_step) on fake inputs; `fused`: the
+    optimizer steps inside backward (its hooks are set), as in the loop."""
     batch = config.train_batch_size * (2 if config.with_prior_preservation else 1)
     side = resolution // 2 ** (len(model.vae.config.block_out_channels) - 1)  # 8 for every real family's VAE
     if not config.cache_latents:
@@ -162,6 +166,8 @@ def _one_step(config, family, model, method, prompts, params, optimizer, resolut
         loss = (pred.float() - target).pow(2).mean()
     loss.backward()
     del pred, loss, hidden, pooled, noisy, target, kwargs
+    if fused:
+        return
     if config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     optimizer.step()

@@ -32,7 +32,8 @@ from .packed_convs import packed_frozen_convolutions, packing_cost
 from .prompts import PromptCache, common_word_warning
 from .result import RunResult
 from .run_dir import RunDir
-from .state import TrainingState, check_compatible, load_state, restore_rng, resume_settings, rng_states, save_state, saved_step
+from .state import (TrainingState, check_compatible, load_state, restore_rng, resume_settings, rng_states, save_state, saved_step,
+                    state_dirs)
 
 if TYPE_CHECKING:
     from ..methods.base import Method
@@ -161,6 +162,7 @@ class Trainer:
         self.micro_step = 0
         self.acc = None
         self.ema: WeightAverage | None = None
+        self.fused = None   # train.fused_step.FusedOptimizerStep when the optimizer steps inside backward
         self.own_finals: set[str] = set()  # this run's final outputs that a continuation replaces
         self.evaluation = None  # evaluate.session.Session when the run is evaluated
         self.weights_step: int | None = None  # select_best: the step whose weights are published
@@ -294,6 +296,7 @@ class Trainer:
         self.params = method.parameters()
         self.ema = WeightAverage.for_config(cfg, self.params)
         self.optimizer = acc.prepare(build_optimizer(cfg, method.param_groups()))
+        self.fused = self._fuse_optimizer_step() if cfg.fused_optimizer_step else None
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
@@ -513,6 +516,26 @@ class Trainer:
             for module in self._parked:
                 module.to("cpu")
 
+    def _fuse_optimizer_step(self):
+        """Step each weight during backward (train.fused_step); the hooks go when the run ends,
+        so a host's model trained again in the same process is not stepped twice."""
+        from .fused_step import FusedOptimizerStep
+
+        cfg = self.config
+        reduce = self._average_gradient if self.acc.num_processes > 1 else None
+        fused = FusedOptimizerStep(self.optimizer, cfg.max_grad_norm, reduce=reduce)
+        self._scope.callback(fused.remove)
+        if cfg.max_grad_norm > 0:
+            self.info(f"optimizer step fused into backward: each weight's gradient is clipped to norm {cfg.max_grad_norm} "
+                      "on its own (the global norm is never formed)")
+        return fused
+
+    def _average_gradient(self, grad: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        dist.all_reduce(grad)
+        grad /= self.acc.num_processes
+
     def _resume(self, folder: Path) -> None:
         state = load_state(folder)
         check_compatible(state, self.config, folder)
@@ -575,14 +598,20 @@ class Trainer:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        kept = ""
-        if self.step > self.session_start:
+        kept, saved = "", self.step
+        if self.fused is not None and self.fused.stepped:
+            # the weights are step k-1's no more: keep the last state saved before
+            states = state_dirs(self.run_dir.state)
+            saved = saved_step(states[-1]) if states else 0
+            kept = (f" the step had already updated {self.fused.stepped} weights (the optimizer step is fused into backward),"
+                    f" so no state is saved now ({f'the state of step {saved} is kept' if states else 'none was saved before'});")
+        elif self.step > self.session_start:
             self._save_state()
             kept = f" the state of step {self.step} is saved (resume_from='latest' continues from it);"
         saving = next_saving(self.config, run_device())
         advice = f"set {', '.join(f'{k}={v!r}' for k, v in saving.changes.items())}" if saving else "lower resolution or train_batch_size"
         return OutOfMemory(f"out of memory at step {self.step + 1} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]});{kept} "
-                           f"to fit, {advice}, or free memory the host holds (close other models), then resume.", self.step)
+                           f"to fit, {advice}, or free memory the host holds (close other models), then resume.", saved)
 
     def _steps(self) -> RunResult:
         cfg = self.config
@@ -651,17 +680,20 @@ class Trainer:
         lr = self.lr_scheduler.get_last_lr()[0]
         torch.manual_seed(derive_seed(cfg.seed, "global", self.step, acc.process_index))  # any stray randomness (dropout)
         totals = torch.zeros(3, device=acc.device)
+        if self.fused is not None:
+            self.fused.stepped = 0
         for _ in range(cfg.gradient_accumulation_steps):
             with acc.accumulate():
                 with acc.autocast():
                     parts = self._loss(self.micro_step)
-                acc.backward(parts.total)
-                if acc.sync_gradients:
-                    self._average_gradients()
-                    if cfg.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                acc.backward(parts.total)   # with a fused step, every weight is stepped inside backward
+                if self.fused is None:
+                    if acc.sync_gradients:
+                        self._average_gradients()
+                        if cfg.max_grad_norm > 0:
+                            acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
             self.micro_step += 1
             totals += torch.stack([parts.total.detach().float(), parts.instance.float(),
                                    parts.prior.float() if parts.prior is not None else torch.zeros((), device=acc.device)])
@@ -677,12 +709,10 @@ class Trainer:
         (every process runs the same graph, so the buckets line up)."""
         if self.acc.num_processes == 1:
             return
-        import torch.distributed as dist
 
         def flush(bucket: list[torch.Tensor]) -> None:
             flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
-            flat /= self.acc.num_processes
+            self._average_gradient(flat)
             offset = 0
             for g in bucket:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
