@@ -82,7 +82,7 @@ def base_weights(family: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("network", LYCORIS)
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_hosts_compute_peft_delta(tmp_path, family, network, caplog):
     model, method = trained_network(family, network)
     modules = lycoris_from_peft_model(network_type(network), model.unet, model.text_encoders, model.family)
