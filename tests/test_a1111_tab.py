@@ -186,6 +186,9 @@ def test_train_publishes_into_the_webui_folder_refreshes_its_list_and_gives_the_
     status, loss, gallery, log, shown = poll(webui)
     assert 'data-dbc-active="0"' in status and html.escape(prompt) in status and html.escape(str(dest)) in status
     assert "<polyline" in loss and len(gallery) == 1 and isinstance(gallery[0], Image.Image)
+    # the evaluation curves beside the loss: every measure, and the step select_best would publish
+    assert view["evaluations"][-1][1]["subject_fidelity"] == 1.0 and 'aria-label="evaluation measures"' in loss
+    assert loss.count("<polyline") == 5 and f"best at step {view['evaluations'][-1][0]}" in loss
     assert poll(webui, shown)[2] == {"__type__": "update"}      # the gallery is not re-sent when unchanged
     calls = [(what, m) for what, m in webui.sd_models.calls if what != "load"]
     assert calls == [("to_cpu", model), ("to_device", model)] and model.device == "cuda"

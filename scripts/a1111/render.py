@@ -83,15 +83,40 @@ def status_html(view: dict[str, Any] | None) -> str:
     return "".join(parts)
 
 
-def loss_svg(losses: list[tuple[int, float]], width: int = 480, height: int = 160) -> str:
+def loss_svg(losses: list[tuple[int, float]]) -> str:
     """The loss per step as an SVG polyline with its range labelled (empty until there is a loss)."""
     if not losses:
         return ""
-    steps = [s for s, _ in losses]
     values = [v for _, v in losses]
     lo, hi = min(values), max(values)
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5, hi + 0.5
+    return _plot_svg({"loss": losses}, lo, hi, "training loss", "loss")
+
+
+EVAL_MEASURES = ("subject_fidelity", "prompt_fidelity", "prior_drift", "diversity")
+
+
+def eval_svg(evaluations: list[tuple[int, dict[str, float]]], best_step: int | None = None) -> str:
+    """The evaluation measures per step (0..1), one dashed line each, with the best step named
+    (empty until the first evaluation)."""
+    if not evaluations:
+        return ""
+    series = {name: [(step, scores[name]) for step, scores in evaluations if scores.get(name) is not None]
+              for name in EVAL_MEASURES}
+    series = {name: points for name, points in series.items() if points}
+    caption = " · ".join(name.replace("_", " ") for name in series)
+    caption += f" · best at step {best_step}" if best_step is not None else ""
+    return _plot_svg(series, 0.0, 1.0, "evaluation measures", caption) if series else ""
+
+
+DASHES = ("", "6 3", "2 3", "8 3 2 3")
+
+
+def _plot_svg(series: dict[str, list[tuple[int, float]]], lo: float, hi: float, title: str, caption: str,
+              width: int = 480, height: int = 160) -> str:
+    """Each series as an SVG polyline (dashed differently) over the range lo..hi, labelled."""
+    steps = sorted({s for points in series.values() for s, _ in points})
     s0, span = steps[0], max(1, steps[-1] - steps[0])
     pad = 28
 
@@ -100,17 +125,19 @@ def loss_svg(losses: list[tuple[int, float]], width: int = 480, height: int = 16
         y = 4 + (hi - value) / (hi - lo) * (height - 24)
         return f"{x:.1f},{y:.1f}"
 
-    points = " ".join(xy(s, v) for s, v in losses)
+    lines = "".join(
+        f'<polyline points="{" ".join(xy(s, v) for s, v in points)}" fill="none" stroke="currentColor" '
+        f'stroke-width="1.5" stroke-dasharray="{DASHES[i % len(DASHES)]}"><title>{_e(name)}</title></polyline>'
+        for i, (name, points) in enumerate(series.items()))
     return (f'<svg class="dbc-loss" viewBox="0 0 {width} {height}" width="100%" role="img" '
-            f'aria-label="training loss">'
+            f'aria-label="{_e(title)}">'
             f'<rect x="{pad}" y="4" width="{width - pad - 4}" height="{height - 24}" fill="none" stroke="currentColor" '
-            f'stroke-opacity="0.3"/>'
-            f'<polyline points="{points}" fill="none" stroke="currentColor" stroke-width="1.5"/>'
+            f'stroke-opacity="0.3"/>{lines}'
             f'<text x="2" y="12" font-size="10" fill="currentColor">{hi:.3g}</text>'
             f'<text x="2" y="{height - 20}" font-size="10" fill="currentColor">{lo:.3g}</text>'
             f'<text x="{pad}" y="{height - 6}" font-size="10" fill="currentColor">step {steps[0]}</text>'
             f'<text x="{width - 4}" y="{height - 6}" font-size="10" fill="currentColor" text-anchor="end">'
-            f'loss · step {steps[-1]}</text></svg>')
+            f'{_e(caption)} · step {steps[-1]}</text></svg>')
 
 
 def log_text(view: dict[str, Any] | None) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from dreambooth_core.config import TrainConfig
 from dreambooth_core.environment import FIX_HINT_ENV
 from dreambooth_core.errors import UserError
-from dreambooth_core.events import Event, Progress, Started
+from dreambooth_core.events import Evaluation, Event, Progress, Started
 from dreambooth_core.jobs import Job, JobManager
 from dreambooth_core.lifecycle import Delivered, check_start, deliver, filled_lists, loss_history
 
@@ -36,6 +36,8 @@ class RunRecord:
     """What the adapter adds to a job: the loss curve so far, and where its files went."""
 
     losses: list[tuple[int, float]] = field(default_factory=list)
+    evaluations: list[tuple[int, dict[str, float]]] = field(default_factory=list)   # (step, measures)
+    best_step: int | None = None   # select_best's choice so far
     delivered: list[Delivered] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     settled: bool = False   # the run has ended and its files are published and listed
@@ -103,8 +105,9 @@ class Session:
         rec = self.record(job_id)
         with self._lock:
             losses, delivered, notes = list(rec.losses), [d.to_dict() for d in rec.delivered], list(rec.notes)
-            settled = rec.settled
+            evaluations, best_step, settled = list(rec.evaluations), rec.best_step, rec.settled
         return {**self.manager.status_dict(job_id), "settled": settled, "losses": losses, "delivered": delivered, "notes": notes,
+                "evaluations": evaluations, "best_step": best_step,
                 "samples": [p.path for p in job.previews][-VIEW_PREVIEWS:], "log": job.log[-VIEW_LOG_LINES:]}
 
     # ---- job callbacks (in the job's thread) ---------------------------------------------------
@@ -117,6 +120,10 @@ class Session:
         elif isinstance(event, Progress) and event.phase == "train" and event.loss is not None:
             with self._lock:
                 rec.losses.append((event.step, event.loss))
+        elif isinstance(event, Evaluation):
+            with self._lock:
+                rec.evaluations.append((event.step, dict(event.scores)))
+                rec.best_step = event.best_step
 
     def _on_finished(self, job: Job) -> None:
         rec = self.record(job.id)

@@ -37,7 +37,8 @@ def run_outputs(view: dict[str, Any] | None, shown: dict[str, Any] | None, messa
         return status, "", gr.update(), "", shown or {}
     now = {"run": view["id"], "samples": len(view["samples"])}
     gallery = gr.update() if now == (shown or {}) else _images(view["samples"])
-    return status, render.loss_svg(view["losses"]), gallery, render.log_text(view), now
+    curves = render.loss_svg(view["losses"]) + render.eval_svg(view.get("evaluations", []), view.get("best_step"))
+    return status, curves, gallery, render.log_text(view), now
 
 
 def _images(paths: list[str]) -> list:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dreambooth_core.events import Artifact, Done, Preview, Progress, Started
+from dreambooth_core.events import Artifact, Done, Evaluation, Preview, Progress, Started
 from dreambooth_core.lifecycle.names import HOST_KINDS, prompt_hint
 from dreambooth_core.registry import method_kind
 from dreambooth_core.train.run_dir import RunDir
@@ -53,6 +53,9 @@ def run(config, emit, cancel) -> None:
         time.sleep(delay)
         emit(Progress(phase="train", step=step, total=total, eta_seconds=(total - step) * delay, loss=1.0 / step,
                       lr=config.learning_rate))
+        if step % max(1, total // 2) == 0 or step == total:   # as train.loop's evaluations (eval_every_n_steps)
+            emit(Evaluation(step=step, scores={"subject_fidelity": step / total, "prompt_fidelity": 0.8, "prior_drift": 0.1,
+                                               "diversity": 0.3}, best_step=step))
         kind = method_kind(config.method)
         every = config.checkpointing_steps
         if every and step < total and step % every == 0 and kind != "checkpoint":  # as train.loop: no full checkpoint per step
