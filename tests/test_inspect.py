@@ -64,10 +64,10 @@ def files(tmp_path_factory):
     ("sdxl_ckpt", "checkpoint", "sdxl", ["sdxl"]),
     ("diffusers", "diffusers", "sd1", ["sd1"]),
     ("emb_sd1", "embedding", "sd1", ["sd1"]),
-    ("emb_sdxl", "embedding", "sdxl", ["sdxl"]),
+    ("emb_sdxl", "embedding", "sdxl", ["sdxl", "sdxl-v"]),   # v-prediction SDXL shares the encoders and UNet shapes
     ("emb_a1111", "embedding", "sd2", ["sd2", "sd2-v"]),
     ("hypernet", "hypernetwork", "sd1", ["sd1"]),
-    ("lora_sdxl", "lora", "sdxl", ["sdxl"]),
+    ("lora_sdxl", "lora", "sdxl", ["sdxl", "sdxl-v"]),
     ("lora_sd2", "lora", "sd2", ["sd2", "sd2-v"]),
 ])
 def test_kind_and_family(files, capsys, name, kind, family, families):
