@@ -51,7 +51,7 @@ def test_sdxl_round_trip(tmp_path):
     assert keys == ["clip_g", "clip_l"]
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/textual-inversion"
     back = read_embedding(path)
-    assert back.is_sdxl and back.compatible_families() == ("sdxl",)
+    assert back.is_sdxl and back.compatible_families() == ("sdxl", "sdxl-v")
     for k in ("clip_l", "clip_g"):
         assert torch.equal(back.vectors[k], emb.vectors[k])
     assert back.widths == {"clip_l": 768, "clip_g": 1280}

@@ -233,5 +233,5 @@ def test_apply_refuses_a_hypernetwork_for_another_family(unet_inputs):
 def test_family_from_dims():
     assert family_from_dims([768, 320, 640, 1280]) == ["sd1"]
     assert family_from_dims([1024, 320]) == ["sd2", "sd2-v"]
-    assert family_from_dims([2048, 640, 1280]) == ["sdxl"]
+    assert family_from_dims([2048, 640, 1280]) == ["sdxl", "sdxl-v"]
     assert family_from_dims([320, 640]) == []
