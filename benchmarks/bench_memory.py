@@ -4,7 +4,7 @@ native resolution, with the savings memory="auto" chooses for a card of the targ
 Needs no weights and no GPU (each plan is one step on fake tensors). Validation images are
 off (with them the VAE and text encoders stay on the device), as in a run that only trains.
 
-    python benchmarks/bench_memory.py [--device cuda|cpu]
+    python benchmarks/bench_memory.py [--device cuda|cpu] [--only TEXT]
 """
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--only", default="", metavar="TEXT", help="only the runs whose label contains TEXT")
     args = parser.parse_args()
     print("| run | target | planned | meets | memory=auto chose | plan time |")
     print("|---|---|---|---|---|---|")
-    for label, family, settings, target in RUNS:
+    for label, family, settings, target in [r for r in RUNS if args.only in r[0]]:
         t0 = time.time()
         cfg = TrainConfig(family=family, num_validation_images=0, **settings)
         try:
