@@ -43,6 +43,7 @@ COMMON: dict[str, Any] = dict(
     validation_steps=0, num_validation_images=2, validation_inference_steps=SAMPLE_STEPS,
     guidance_scale=GUIDANCE, class_inference_steps=SAMPLE_STEPS, class_guidance_scale=GUIDANCE,
     checkpointing_steps=0, seed=0, random_flip=False,
+    eval_every_n_steps=0,   # the demo scores each result once at the end (below); curves during training: set it
 )
 
 
