@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from dreambooth_core.evaluate.curves import MEASURES   # the columns of the run's eval.csv, in its order
+
 ACTIVE = ("queued", "running")
 PHASES = {"class_images": "generating class images", "caching": "caching", "train": "training",
           "validation": "drawing samples", "evaluation": "evaluating", "saving": "saving"}
@@ -94,16 +96,13 @@ def loss_svg(losses: list[tuple[int, float]]) -> str:
     return _plot_svg({"loss": losses}, lo, hi, "training loss", "loss")
 
 
-EVAL_MEASURES = ("subject_fidelity", "prompt_fidelity", "prior_drift", "diversity")
-
-
 def eval_svg(evaluations: list[tuple[int, dict[str, float]]], best_step: int | None = None) -> str:
     """The evaluation measures per step (0..1), one dashed line each, with the best step named
     (empty until the first evaluation)."""
     if not evaluations:
         return ""
     series = {name: [(step, scores[name]) for step, scores in evaluations if scores.get(name) is not None]
-              for name in EVAL_MEASURES}
+              for name in MEASURES}
     series = {name: points for name, points in series.items() if points}
     caption = " · ".join(name.replace("_", " ") for name in series)
     caption += f" · best at step {best_step}" if best_step is not None else ""
