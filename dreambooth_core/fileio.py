@@ -128,6 +128,34 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_folder(folder: Path, kept: str = "the previous folder is intact",
+                  make: Callable[[Path], Any] = Path.mkdir) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside `folder` (created by `make`); on success it
+    replaces `folder`, so a reader sees the old folder or the whole new one, never a part.
+    A write the disk refused becomes a UserError that says what was kept."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(folder.parent)
+    tmp = temp_name(folder)
+    try:
+        make(tmp)
+        yield tmp
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except Exception as exc:
+        failure = write_failure(exc, folder, kept=kept)
+        if failure is not None:
+            raise failure from exc
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
     with atomic_path(path, overwrite) as tmp:
         tmp.write_bytes(data)

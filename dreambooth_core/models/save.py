@@ -2,18 +2,16 @@
 atomically, with what it was loaded with (extras, metadata, tokenizers)."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import OutputExistsError, UserError
 from ..formats.checkpoint import ldm_state_dict
-from ..fileio import check_output, clean_stale_temps, save_safetensors, temp_name, write_failure
+from ..fileio import atomic_folder, check_output, save_safetensors
 from ..paths import PathRefused, is_owned, make_owned_folder
 from .base import BaseModel
 from .configs import CONFIGS_METADATA_KEY, EXTRAS_FILE, _json, configs_differ_from_family, model_configs, torch_dtype
@@ -64,36 +62,16 @@ def save_single_file(
     return save_safetensors(ldm_state_dict(model, torch_dtype(dtype)), out, meta, overwrite=overwrite)
 
 
-@contextlib.contextmanager
-def _atomic_folder(folder: Path, overwrite: bool) -> Iterator[Path]:
-    """A hidden temporary folder beside `folder`, renamed onto it on success. Only a folder
-    this project wrote (its marker inside) is ever replaced."""
+def _replaceable_folder(folder: Path, overwrite: bool) -> Path:
+    """`folder`, checked before writing: only a folder this project wrote (its marker inside)
+    is ever replaced."""
     if folder.exists() and not overwrite:
         raise OutputExistsError(f"{folder} already exists: choose another name or pass --overwrite")
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder")
     if folder.exists() and not is_owned(folder):
         raise PathRefused(f"{folder} was not written by dreambooth_core, so it is not replaced: choose another name")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(folder.parent)
-    tmp = temp_name(folder)
-    try:
-        make_owned_folder(tmp)
-        yield tmp
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except Exception as exc:
-        failure = write_failure(exc, folder, kept="the previous folder is intact")
-        if failure is not None:
-            raise failure from exc
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def _save_weights(state: dict[str, "torch.Tensor"], path: Path, dtype: "torch.dtype") -> None:
@@ -124,7 +102,7 @@ def save_diffusers(model: BaseModel, folder: str | os.PathLike, dtype: "str | to
 
     target = Path(folder)
     td = torch_dtype(dtype)
-    with _atomic_folder(target, overwrite) as tmp:
+    with atomic_folder(_replaceable_folder(target, overwrite), make=make_owned_folder) as tmp:
         for name in ("unet", "vae"):
             module = getattr(model, name)
             (tmp / name).mkdir()

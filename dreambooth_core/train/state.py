@@ -14,7 +14,6 @@ would pick up; the previous state stays intact.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..fileio import UnsafePickle, clean_stale_temps, load_pickled, temp_name, torch_save, write_failure
+from ..fileio import UnsafePickle, atomic_folder, load_pickled, torch_save
 from ..paths import is_owned
 
 if TYPE_CHECKING:
@@ -101,23 +100,12 @@ def save_state(root: Path, state: TrainingState) -> Path:
     final = root / f"step-{state.step}"
     if final.exists():  # e.g. a checkpoint step that is also the last step
         return final
-    clean_stale_temps(root)
-    tmp = temp_name(final)
-    try:
-        tmp.mkdir()
+    with atomic_folder(final, kept="the previous state is intact") as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in state.weights.items()}, str(tmp / "trainable.safetensors"))
         torch_save(state.optimizer, tmp / "optimizer.pt")
         torch_save(state.scheduler, tmp / "scheduler.pt")
         meta = {"step": state.step, "micro_step": state.micro_step, "rng": state.rng, "settings": state.settings}
         (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-        os.replace(tmp, final)
-    except Exception as exc:
-        failure = write_failure(exc, tmp, kept="the previous state is intact")
-        if failure is not None:
-            raise failure from exc
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     for old in state_dirs(root)[:-KEEP_STATES]:
         shutil.rmtree(old, ignore_errors=True)
     return final
