@@ -34,9 +34,12 @@ installed.
 
 `--method dreambooth` compares full DreamBooth instead (issue 14's CPU target: our peak RSS
 <= 0.6x the reference's): the reference is `examples/dreambooth/train_dreambooth.py` (full
-UNet, AdamW, prior preservation with four ready class images, no text-encoder training), ours
-is method="dreambooth" with the same prior preservation and memory="auto", which takes the
-savings the machine's free memory calls for (the run's memory_plan.json is printed):
+UNet, AdamW, prior preservation with four ready class images, no text-encoder training) at
+diffusers' defaults (fp32, torch's AdamW, no gradient checkpointing, the VAE and text encoder
+run at every step); ours is method="dreambooth" with the same prior preservation and
+memory="auto" given `memory_limit_gb` = 0.6x the peak RSS the reference just measured at the
+same step count (the issue's 15.8 GiB if it did not finish), so ours takes the savings that
+target calls for, in its documented order (the run's memory_plan.json and choices are printed):
 
     git -C /tmp/diffusers show v0.40.0:examples/dreambooth/train_dreambooth.py > /tmp/train_dreambooth.py
     python benchmarks/bench_reference.py --method dreambooth --reference /tmp/train_dreambooth.py --threads 1 --steps 2 4
@@ -79,6 +82,12 @@ TARGET_TIME, TARGET_RSS = 0.6, {"lora": 0.8, "dreambooth": 0.6}  # ours/referenc
 REFERENCE_STEP = re.compile(r"Steps:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 OURS_STEP = re.compile(r"^@@step (\d+)/(\d+)")
 LR, RANK, SEED, PROMPT = 1e-4, 4, 0, "a photo of sks dog"
+REFERENCE_RSS_ISSUE_MB = 15.8 * 1024  # issue 14's measurement of train_dreambooth.py here (used when the reference does not finish)
+SAVING_KEYS = ("mixed_precision", "optimizer", "fused_optimizer_step", "full_bf16", "gradient_checkpointing", "cache_latents",
+               "pack_frozen_convolutions")  # ours, from its memory_plan.json
+REFERENCE_SAVINGS = {"lora": "as ours: LoRA rank 4, the same mixed precision",
+                     "dreambooth": "diffusers' defaults: fp32 weights and gradients, torch AdamW, no gradient checkpointing, "
+                                   "VAE and text encoder run every step"}
 CLASS_PROMPT, CLASS_IMAGES = "a photo of dog", 4
 
 TORCHVISION_STUB = '''"""Stand-in for the few torchvision.transforms the diffusers example uses (PIL + torch)."""
@@ -305,15 +314,16 @@ def reference_cmd(launcher: Path, script: Path, model: Path, images: Path, out: 
 
 
 def ours_cmd(model: Path, images: Path, out: Path, res: int, steps: int, threads: int, precision: str, pack: bool,
-             method: str, classes: Path) -> list[str]:
+             method: str, classes: Path, limit_gb: float | None) -> list[str]:
     return [sys.executable, __file__, "--ours-child", str(model), str(images), str(out), str(res), str(steps), str(threads), precision,
-            str(int(pack)), method, str(classes)]
+            str(int(pack)), method, str(classes), "" if limit_gb is None else f"{limit_gb:.3f}"]
 
 
 def ours_child(model: str, images: str, out: str, res: int, steps: int, threads: int, precision: str, pack: bool,
-               method: str, classes: str) -> None:
+               method: str, classes: str, limit_gb: float | None) -> None:
     """Train ours at the reference's settings, printing one line per completed step. Full
-    DreamBooth runs with memory="auto" and its mixed precision unpinned: the savings are ours to choose."""
+    DreamBooth runs with memory="auto", its mixed precision unpinned and `limit_gb` as its
+    memory_limit_gb: the savings that fit it are ours to choose."""
     import torch
 
     from dreambooth_core.config import TrainConfig
@@ -322,7 +332,8 @@ def ours_child(model: str, images: str, out: str, res: int, steps: int, threads:
 
     torch.set_num_threads(threads)
     method_settings = dict(rank=RANK, alpha=float(RANK), mixed_precision=precision, pack_frozen_convolutions=pack) if method == "lora" else dict(
-        with_prior_preservation=True, class_data_dir=classes, num_class_images=CLASS_IMAGES, prior_loss_weight=1.0, memory="auto")
+        with_prior_preservation=True, class_data_dir=classes, num_class_images=CLASS_IMAGES, prior_loss_weight=1.0, memory="auto",
+        memory_limit_gb=limit_gb)
     cfg = TrainConfig(
         method=method, base_model=model, instance_data_dir=images, token="sks", class_noun="dog",
         resolution=res, max_train_steps=steps, train_batch_size=1,
@@ -408,13 +419,14 @@ def main() -> None:
     parser.add_argument("--no-pack", action="store_true", help="ours with pack_frozen_convolutions=false")
     parser.add_argument("--method", choices=["lora", "dreambooth"], default="lora",
                         help="lora: against train_dreambooth_lora.py; dreambooth: full UNet with prior preservation against train_dreambooth.py")
-    parser.add_argument("--ours-child", nargs=10, help=argparse.SUPPRESS)
+    parser.add_argument("--ours-child", nargs=11, help=argparse.SUPPRESS)
     parser.add_argument("--build-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.ours_child:
-        model, images, out, res, steps, threads, precision, pack, method, classes = args.ours_child
-        ours_child(model, images, out, int(res), int(steps), int(threads), precision, pack == "1", method, classes)
+        model, images, out, res, steps, threads, precision, pack, method, classes, limit = args.ours_child
+        ours_child(model, images, out, int(res), int(steps), int(threads), precision, pack == "1", method, classes,
+                   float(limit) if limit else None)
         return
     if args.build_child:
         build_model(*args.build_child)
@@ -456,15 +468,26 @@ def main() -> None:
                     cmd = reference_cmd(launcher, args.reference.resolve(), model, images, out, res, n, args.mixed_precision, args.method, classes)
                     env, pattern = child_env(args.threads, ""), REFERENCE_STEP
                 else:
-                    cmd = ours_cmd(model, images, out / "runs", res, n, args.threads, args.mixed_precision, not args.no_pack, args.method, classes)
+                    limit = None
+                    if args.method == "dreambooth":
+                        ref = runs[-1].peak_rss_mb if runs and runs[-1].who == "reference" and runs[-1].complete else REFERENCE_RSS_ISSUE_MB
+                        limit = TARGET_RSS[args.method] * ref / 1024
+                        print(f"    ours: memory='auto' with memory_limit_gb={limit:.2f} ({TARGET_RSS[args.method]} x the reference's "
+                              f"{'peak RSS just measured' if ref != REFERENCE_RSS_ISSUE_MB else 'peak RSS in issue 14'})", flush=True)
+                    cmd = ours_cmd(model, images, out / "runs", res, n, args.threads, args.mixed_precision, not args.no_pack, args.method,
+                                   classes, limit)
                     env, pattern = child_env(args.threads, str(REPO)), OURS_STEP
                 run = watch(cmd, env, Run(who, n), pattern, out / "log.txt")
                 runs.append(run)
+                if who == "reference":
+                    print(f"    reference savings: {REFERENCE_SAVINGS[args.method]}", flush=True)
                 print(f"  {who:9s} N={n}: {run.s_per_step:.2f} s/step ({run.cpu_per_step:.2f} CPU s), training RSS {run.rss_training_mb:.0f} MB, "
                       f"process RSS {run.peak_rss_mb:.0f} MB, {run.wall_s:.0f} s wall, exit {run.returncode}", flush=True)
                 for plan in out.rglob("memory_plan.json"):
                     chosen = json.loads(plan.read_text())
-                    print(f"    memory plan {chosen['total_bytes'] / 2**30:.2f} GiB; memory=auto chose: {'; '.join(chosen['choices']) or 'nothing'}", flush=True)
+                    used = ", ".join(f"{k}={chosen['settings'][k]}" for k in SAVING_KEYS)
+                    print(f"    memory plan {chosen['total_bytes'] / 2**30:.2f} GiB; memory=auto chose: {'; '.join(chosen['choices']) or 'nothing'}"
+                          f"\n    ours used: {used}", flush=True)
                 if not run.complete:
                     print("    did not finish training; last lines:\n      " + "\n      ".join(run.tail), flush=True)
         print_table(runs)

@@ -143,10 +143,14 @@ def next_saving(config: "TrainConfig", device: str) -> Saving | None:
 
 def plan_for_run(config: "TrainConfig", model: "BaseModel | None" = None) -> tuple["TrainConfig", MemoryPlan]:
     """The config a run will use on this machine's device and its plan (what Trainer and the
-    host adapters show before Train); refuses, before any model loads, a run that cannot fit."""
+    host adapters show before Train); refuses, before any model loads, a run that cannot fit.
+    The memory it fits is the device's free memory, or `memory_limit_gb` where that is less."""
     from .memory import free_memory, run_device
 
     device = run_device()
     if config.memory != "auto":
         return config, plan_memory(config, model=model, device=device)
-    return choose(config, free_memory(device), device, model=model)
+    free = free_memory(device)
+    if config.memory_limit_gb is not None:
+        free = min(free, int(config.memory_limit_gb * GiB))
+    return choose(config, free, device, model=model)
