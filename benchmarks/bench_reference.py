@@ -351,6 +351,19 @@ def ours_child(model: str, images: str, out: str, res: int, steps: int, threads:
         raise SystemExit(f"run ended {result.status}")
 
 
+def wait_for_memory(gib: float, who: str, patience_s: float = 1800) -> None:
+    """On a shared machine: wait until `gib` GiB are available before a run starts (a run that
+    meets less is killed by the kernel part-way and measures nothing)."""
+    import psutil
+
+    start = time.monotonic()
+    while (free := psutil.virtual_memory().available / 2**30) < gib and time.monotonic() - start < patience_s:
+        time.sleep(10)
+    waited = time.monotonic() - start
+    if waited >= 10 or free < gib:
+        print(f"    waited {waited:.0f} s for memory before {who}: {free:.1f} GiB available (asked {gib} GiB)", flush=True)
+
+
 def drop_weights(out: Path) -> None:
     """Delete what a run saved (a full model is GBs; the next runs need the disk), keeping its logs."""
     for f in out.rglob("*"):
@@ -429,6 +442,8 @@ def main() -> None:
     parser.add_argument("--no-pack", action="store_true", help="ours with pack_frozen_convolutions=false")
     parser.add_argument("--method", choices=["lora", "dreambooth"], default="lora",
                         help="lora: against train_dreambooth_lora.py; dreambooth: full UNet with prior preservation against train_dreambooth.py")
+    parser.add_argument("--wait-free", type=float, metavar="GIB",
+                        help="before each reference run (the larger), wait up to 30 min until this much memory is available (a shared machine)")
     parser.add_argument("--ours-child", nargs=11, help=argparse.SUPPRESS)
     parser.add_argument("--build-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -474,6 +489,8 @@ def main() -> None:
                 out = work / f"out-{who}-{n}"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
+                if args.wait_free and who == "reference":
+                    wait_for_memory(args.wait_free, f"{who} N={n}")
                 if who == "reference":
                     cmd = reference_cmd(launcher, args.reference.resolve(), model, images, out, res, n, args.mixed_precision, args.method, classes)
                     env, pattern = child_env(args.threads, ""), REFERENCE_STEP

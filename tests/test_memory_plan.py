@@ -164,6 +164,8 @@ def test_a_memory_limit_below_the_free_memory_is_what_auto_fits(tmp_path, monkey
     assert plan_for_run(cfg, model=model)[1].choices == []
     limited, plan = plan_for_run(dataclasses.replace(cfg, memory_limit_gb=(bf16 / (1 - MARGIN) + 1) / memory.GiB), model=model)
     assert plan.choices == ["bf16 mixed precision"] and limited.mixed_precision == "bf16" and plan.total_bytes == bf16
+    with pytest.raises(UserError, match="memory_limit_gb allows 0.0 GiB"):
+        plan_for_run(dataclasses.replace(cfg, memory_limit_gb=0.01), model=model)
     with pytest.raises(ConfigError, match="memory_limit_gb"):
         dataclasses.replace(cfg, memory_limit_gb=0.0).validate(check_paths=False)
 
