@@ -117,6 +117,9 @@ class TrainConfig:
     # memory: with "auto" the MEMORY_KEYS not pinned are chosen to fit the device; set ones are pinned
     memory: str = "auto"
     pinned: list[str] = field(default_factory=list)
+    # memory="auto" fits the run under this many GiB when the device has more free (a shared machine,
+    # a host that needs room beside the run); unset: the device's free memory
+    memory_limit_gb: float | None = None
 
     # lora (and dreambooth for train_text_encoder)
     rank: int = 16
@@ -304,6 +307,8 @@ class TrainConfig:
         problem = self.memory_problem()
         if problem:
             raise ConfigError(problem)
+        if self.memory_limit_gb is not None and self.memory_limit_gb <= 0:
+            raise ConfigError(f"memory_limit_gb must be greater than 0, or left unset for the device's free memory (got {self.memory_limit_gb})")
         if self.ema_start_step < 0:
             raise ConfigError(f"ema_start_step must not be negative (got {self.ema_start_step})")
         if self.snr_gamma is not None and self.snr_gamma <= 0:

@@ -148,6 +148,28 @@ def test_auto_takes_savings_in_order_until_the_run_fits(tmp_path):
         choose(cfg, int(totals[-1] * 0.5), "cpu", model=model)
 
 
+def test_a_memory_limit_below_the_free_memory_is_what_auto_fits(tmp_path, monkeypatch):
+    """memory_limit_gb (a shared machine, a host that needs room): auto fits the run under it
+    although the device has more free; unset, the free memory decides; a limit of 0 is refused."""
+    from dreambooth_core.config import ConfigError
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.plan import memory
+    from dreambooth_core.plan.auto import MARGIN, plan_for_run
+
+    model = tiny_base_model("sd1")
+    cfg = tiny_config(tmp_path, method="dreambooth")
+    bf16 = plan_memory(dataclasses.replace(cfg, mixed_precision="bf16"), model=model, device="cpu").total_bytes
+    monkeypatch.setattr(memory, "free_memory", lambda device: 64 * memory.GiB)
+    monkeypatch.setattr(memory, "run_device", lambda: "cpu")
+    assert plan_for_run(cfg, model=model)[1].choices == []
+    limited, plan = plan_for_run(dataclasses.replace(cfg, memory_limit_gb=(bf16 / (1 - MARGIN) + 1) / memory.GiB), model=model)
+    assert plan.choices == ["bf16 mixed precision"] and limited.mixed_precision == "bf16" and plan.total_bytes == bf16
+    with pytest.raises(UserError, match="memory_limit_gb allows 0.0 GiB"):
+        plan_for_run(dataclasses.replace(cfg, memory_limit_gb=0.01), model=model)
+    with pytest.raises(ConfigError, match="memory_limit_gb"):
+        dataclasses.replace(cfg, memory_limit_gb=0.0).validate(check_paths=False)
+
+
 def test_a_saving_that_saved_nothing_is_taken_once_a_later_one_makes_it_pay(tmp_path, monkeypatch):
     """Full fine-tuning: while a full set of gradients sets the peak (after backward), gradient
     checkpointing saves nothing; once the optimizer step is fused into backward it does."""

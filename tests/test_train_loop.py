@@ -126,6 +126,24 @@ def test_frozen_parts_are_freed_when_nothing_needs_them(tmp_path):
     assert next(model.vae.parameters()).device.type == "cpu"
 
 
+def test_the_optimizer_state_is_let_go_before_the_final_saves_once_it_is_saved(tmp_path):
+    """Full fine-tuning: the final save's copy of the model must not stack on the optimizer's
+    state, which the last saved state already holds (a resume reads it from there)."""
+    from dreambooth_core.models.tiny import tiny_base_model
+    from dreambooth_core.train.loop import Trainer
+
+    rec = Recorder()
+    trainer = Trainer(tiny_config(tmp_path, method="dreambooth", max_train_steps=1, learning_rate=1e-4), rec, rec.cancel,
+                      model=tiny_base_model("sd1"))
+    held_when_saving = []
+    save = trainer._save_artifacts
+    trainer._save_artifacts = lambda *a, **k: (held_when_saving.append(len(trainer.optimizer.state)), save(*a, **k))[1]
+    result = trainer.run()
+    assert result.status == "completed" and held_when_saving == [0]
+    saved = torch.load(result.run_dir / "state" / "step-1" / "optimizer.pt", weights_only=True)
+    assert len(saved["state"]) == len(trainer.params) > 0
+
+
 @pytest.mark.slow
 def test_every_option_together(tmp_path):
     """Bucketing (instance and class images in different buckets, so separate UNet passes),

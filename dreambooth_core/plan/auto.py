@@ -89,9 +89,11 @@ def blocked_by(saving: Saving, config: "TrainConfig") -> list[str]:
     return [k for k, v in saving.changes.items() if k in config.pinned_memory_keys and getattr(config, k) != v]
 
 
-def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseModel | None" = None) -> tuple["TrainConfig", MemoryPlan]:
+def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseModel | None" = None,
+           limited: bool = False) -> tuple["TrainConfig", MemoryPlan]:
     """The config with the savings it needs to fit `free_bytes` (and its plan), or a UserError
-    naming the estimate and the pinned setting to change."""
+    naming the estimate and the pinned setting to change; `limited`: `free_bytes` is the
+    config's memory_limit_gb, not what the device has free."""
     arch = architecture(config, model)
     budget = free_bytes * (1 - MARGIN)
     chosen: list[str] = []
@@ -121,13 +123,14 @@ def choose(config: "TrainConfig", free_bytes: int, device: str, model: "BaseMode
             idle.append(saving)
     plan.choices = chosen
     if plan.total_bytes > budget:
-        raise UserError(refusal(plan, free_bytes, blocked))
+        raise UserError(refusal(plan, free_bytes, blocked, limited))
     return config, plan
 
 
-def refusal(plan: MemoryPlan, free_bytes: int, blocked: list[str]) -> str:
+def refusal(plan: MemoryPlan, free_bytes: int, blocked: list[str], limited: bool = False) -> str:
+    room = f"memory_limit_gb allows {free_bytes / GiB:.1f} GiB" if limited else f"the {plan.device} has {free_bytes / GiB:.1f} GiB free"
     need = f"needs about {plan.total_bytes / GiB:.1f} GiB ({', '.join(f'{k} {v / GiB:.1f}' for k, v in plan.parts.items() if v)})" \
-           f" but the {plan.device} has {free_bytes / GiB:.1f} GiB free"
+           f" but {room}"
     if blocked:
         return f"this run {need}: set {', '.join(blocked)} (or unpin it) and memory='auto' will make it fit, or lower resolution or train_batch_size"
     return f"this run {need} even with every saving: lower resolution or train_batch_size, or train a LoRA instead"
@@ -143,10 +146,13 @@ def next_saving(config: "TrainConfig", device: str) -> Saving | None:
 
 def plan_for_run(config: "TrainConfig", model: "BaseModel | None" = None) -> tuple["TrainConfig", MemoryPlan]:
     """The config a run will use on this machine's device and its plan (what Trainer and the
-    host adapters show before Train); refuses, before any model loads, a run that cannot fit."""
+    host adapters show before Train); refuses, before any model loads, a run that cannot fit.
+    The memory it fits is the device's free memory, or `memory_limit_gb` where that is less."""
     from .memory import free_memory, run_device
 
     device = run_device()
     if config.memory != "auto":
         return config, plan_memory(config, model=model, device=device)
-    return choose(config, free_memory(device), device, model=model)
+    free = free_memory(device)
+    limit = int(config.memory_limit_gb * GiB) if config.memory_limit_gb is not None else free
+    return choose(config, min(free, limit), device, model=model, limited=limit < free)

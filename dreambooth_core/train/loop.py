@@ -652,6 +652,9 @@ class Trainer:
                         self.method.train(True)
             self.method.train(False)
             self._save_state()
+            # saved just above and needed by nothing after it: its memory goes back before the final
+            # evaluations and saves (a full fine-tune's save makes a copy of the model in save_dtype)
+            self.optimizer.state.clear()
             if self.ema is not None:
                 self.ema.apply()  # the average is the result: saved, drawn and left in the model
             self._evaluate()
