@@ -48,6 +48,7 @@ class NetworkSpec:
     impl: str
     lycoris_algo: str | None
     host_notes: tuple[tuple[str, str], ...] = ()  # (host, what it does differently with such a file)
+    file_slots: tuple[str, ...] = ()  # tensors its modules have in a file, the first marking one (read by its own `delta`)
 
     def note_for(self, host: str) -> str:
         return dict(self.host_notes).get(host, "")
@@ -114,7 +115,6 @@ register_network(NetworkSpec("dora", "formats.networks:DORA", "lora", host_notes
     "than the one trained. ComfyUI and Forge compute the trained weight; use one of them, or train "
     "network = 'lora' for A1111")),)))
 
-refuse_network("oft", (
-    "peft's OFT rotates each layer's input features (W·R, R a Cayley–Neumann series), while the OFT files "
-    "A1111 and ComfyUI load (LyCORIS oft_blocks) rotate its output rows (R·W, exact Cayley): different "
-    "functions, so no file would make the hosts compute what peft trained; use loha, lokr or dora"))
+register_network(NetworkSpec("oft", "formats.oft:OFT", "diag-oft", file_slots=("oft_blocks", "alpha"), host_notes=(("forge", (
+    "Forge f2.0.1 has no OFT: it skips the file's oft_blocks keys and draws the base model; use ComfyUI "
+    "or A1111"),),)))
