@@ -123,7 +123,7 @@ class TrainConfig:
     alpha: float = 8.0
     conv_rank: int = 0
     conv_alpha: float | None = None
-    network: str = "lora"                # registry.NETWORKS: lora, loha, lokr, dora
+    network: str = "lora"                # registry.NETWORKS: lora, loha, lokr, dora, oft
     train_text_encoder: bool = False
 
     # textual inversion

@@ -115,6 +115,7 @@ register_network(NetworkSpec("dora", "formats.networks:DORA", "lora", host_notes
     "than the one trained. ComfyUI and Forge compute the trained weight; use one of them, or train "
     "network = 'lora' for A1111")),)))
 
-register_network(NetworkSpec("oft", "formats.oft:OFT", "diag-oft", file_slots=("oft_blocks", "alpha"), host_notes=(("forge", (
-    "Forge f2.0.1 has no OFT: it skips the file's oft_blocks keys and draws the base model; use ComfyUI "
-    "or A1111"),),)))
+# the "a1111" adapter also runs in Forge, so Forge's note goes there
+register_network(NetworkSpec("oft", "formats.oft:OFT", "diag-oft", file_slots=("oft_blocks", "alpha"), host_notes=(("a1111", (
+    "Forge f2.0.1 has no OFT: it skips every oft_blocks key of this file and draws the base model. "
+    "A1111 v1.10 and ComfyUI compute the trained weight; use one of them"),),)))
