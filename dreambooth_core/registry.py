@@ -57,7 +57,6 @@ class NetworkSpec:
 KINDS: dict[str, ArtifactKind] = {}
 METHODS: dict[str, MethodSpec] = {}
 NETWORKS: dict[str, NetworkSpec] = {}
-REFUSED_NETWORKS: dict[str, str] = {}  # network types asked for but not offered: name → why
 
 
 def register_kind(kind: ArtifactKind) -> ArtifactKind:
@@ -75,10 +74,6 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 def register_network(spec: NetworkSpec) -> NetworkSpec:
     NETWORKS[spec.name] = spec
     return spec
-
-
-def refuse_network(name: str, why: str) -> None:
-    REFUSED_NETWORKS[name] = why
 
 
 def load(impl: str) -> Any:

@@ -392,4 +392,4 @@ def math_refusal(operation: str) -> str:
             "Hadamard/Kronecker product with no rank-r down/up factors to cut, a DoRA change rescales "
             "whole rows of the base weight, an OFT change rotates them (full rank, whatever the block "
             "size), and the diffusers layout here holds plain LoRA; merge it into a checkpoint "
-            "(lora merge) or load it in ComfyUI/Forge (LoHa/LoKr also A1111; OFT ComfyUI and A1111) as it is")
+            "(lora merge) or load it in a host as it is (ComfyUI: all; A1111: LoHa/LoKr/OFT; Forge: LoHa/LoKr/DoRA)")
