@@ -30,10 +30,16 @@ from typing import Any
 import torch
 from peft.tuners.lycoris_utils import LycorisConfig, LycorisLayer, LycorisTuner
 from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils import PeftType, register_peft_method
 from torch import nn
 
+from ..errors import UserError
 from .networks import NetworkType
+
+try:
+    from peft.utils import PeftType, register_peft_method
+except ImportError as e:  # an older peft than the tested set
+    raise UserError("network = 'oft' needs a peft with register_peft_method (the tested set has peft 0.21.2; "
+                    "see dreambooth_core/constraints.txt)") from e
 
 PEFT_NAME = "host_oft"  # the peft method's name (PeftType.HOST_OFT)
 
