@@ -232,10 +232,11 @@ def test_lora_merge_takes_networks_and_keeps_the_base_precision(tmp_path, capsys
     assert not torch.allclose(unet_output(expected), unet_output(load_base_model(base)), atol=1e-4)
 
 
-@pytest.mark.parametrize("network", ["dora", "loha"])
+@pytest.mark.parametrize("network", ["dora", "loha", "oft"])
 def test_a_dora_file_delivered_to_a1111_comes_with_a_warning(tmp_path, network):
-    """A1111 computes another weight from a DoRA file (test_hosts_compute_peft_delta shows it):
-    its delivery, and the CLI's summary, say so; ComfyUI's does not, nor does any LoHa's."""
+    """A1111 computes another weight from a DoRA file (test_hosts_compute_peft_delta shows it),
+    and Forge, which runs the same WebUI adapter, skips an OFT file: its delivery, and the CLI's
+    summary, say so; ComfyUI's does not, nor does any LoHa's."""
     from dreambooth_core.cli.train import summary
     from dreambooth_core.lifecycle import deliver
     from dreambooth_core.events import Artifact
@@ -253,6 +254,8 @@ def test_a_dora_file_delivered_to_a1111_comes_with_a_warning(tmp_path, network):
     if network == "dora":
         assert "A1111 v1.10 scales a DoRA file per input column" in a1111_item.warning
         assert "ComfyUI and Forge compute the trained weight" in said
+    elif network == "oft":
+        assert "Forge f2.0.1 has no OFT" in a1111_item.warning and "note for A1111/Forge: Forge f2.0.1 has no OFT" in said
     else:
         assert not a1111_item.warning and "note for A1111" not in said
 
