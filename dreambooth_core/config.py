@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from .errors import ConfigError, UserError
 from .paths import real_path, safe_name, text_value
-from .registry import METHODS as _METHODS, NETWORKS as _NETWORKS, REFUSED_NETWORKS
+from .registry import METHODS as _METHODS, NETWORKS as _NETWORKS
 
 METHODS = tuple(_METHODS)
 NETWORKS = tuple(_NETWORKS)
@@ -126,7 +126,7 @@ class TrainConfig:
     alpha: float = 8.0
     conv_rank: int = 0
     conv_alpha: float | None = None
-    network: str = "lora"                # registry.NETWORKS: lora, loha, lokr, dora
+    network: str = "lora"                # registry.NETWORKS: lora, loha, lokr, dora, oft
     train_text_encoder: bool = False
 
     # textual inversion
@@ -253,8 +253,6 @@ class TrainConfig:
 
             return apply_dataset_config(self).validate(check_paths)
         choice("method", self.method, METHODS)
-        if self.network in REFUSED_NETWORKS:
-            raise ConfigError(f"network = {self.network!r} is not offered: {REFUSED_NETWORKS[self.network]}")
         choice("network", self.network, NETWORKS)
         choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -48,6 +48,7 @@ class NetworkSpec:
     impl: str
     lycoris_algo: str | None
     host_notes: tuple[tuple[str, str], ...] = ()  # (host, what it does differently with such a file)
+    file_slots: tuple[str, ...] = ()  # tensors its modules have in a file, the first marking one (read by its own `delta`)
 
     def note_for(self, host: str) -> str:
         return dict(self.host_notes).get(host, "")
@@ -56,7 +57,6 @@ class NetworkSpec:
 KINDS: dict[str, ArtifactKind] = {}
 METHODS: dict[str, MethodSpec] = {}
 NETWORKS: dict[str, NetworkSpec] = {}
-REFUSED_NETWORKS: dict[str, str] = {}  # network types asked for but not offered: name → why
 
 
 def register_kind(kind: ArtifactKind) -> ArtifactKind:
@@ -74,10 +74,6 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 def register_network(spec: NetworkSpec) -> NetworkSpec:
     NETWORKS[spec.name] = spec
     return spec
-
-
-def refuse_network(name: str, why: str) -> None:
-    REFUSED_NETWORKS[name] = why
 
 
 def load(impl: str) -> Any:
@@ -114,7 +110,7 @@ register_network(NetworkSpec("dora", "formats.networks:DORA", "lora", host_notes
     "than the one trained. ComfyUI and Forge compute the trained weight; use one of them, or train "
     "network = 'lora' for A1111")),)))
 
-refuse_network("oft", (
-    "peft's OFT rotates each layer's input features (W·R, R a Cayley–Neumann series), while the OFT files "
-    "A1111 and ComfyUI load (LyCORIS oft_blocks) rotate its output rows (R·W, exact Cayley): different "
-    "functions, so no file would make the hosts compute what peft trained; use loha, lokr or dora"))
+# the "a1111" adapter also runs in Forge, so Forge's note goes there
+register_network(NetworkSpec("oft", "formats.oft:OFT", "diag-oft", file_slots=("oft_blocks", "alpha"), host_notes=(("a1111", (
+    "Forge f2.0.1 has no OFT: it skips every oft_blocks key of this file and draws the base model. "
+    "A1111 v1.10 and ComfyUI compute the trained weight; use one of them"),),)))

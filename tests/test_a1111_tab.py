@@ -130,7 +130,7 @@ def test_method_and_preset_fill_the_form_and_prompts_follow_token_and_class(webu
     assert preset == {"__type__": "update", "choices": ["textual_inversion"], "value": "textual_inversion"}
     filled = dict(zip(form.ADVANCED, advanced))
     assert prior is False and filled["learning_rate"] == 5e-3 and filled["max_train_steps"] == 3000
-    assert filled["network"] == "lora" and form.CHOICES["network"] == ("lora", "loha", "lokr", "dora")
+    assert filled["network"] == "lora" and form.CHOICES["network"] == ("lora", "loha", "lokr", "dora", "oft")
     prior, n_class, *advanced = event(webui, "dbc_preset", "change").run("dreambooth")
     assert prior is True and n_class == 200 and dict(zip(form.ADVANCED, advanced))["learning_rate"] == 5e-6
     assert event(webui, "dbc_token", "change").run("sks", "cat") == ["a photo of sks cat", "a photo of cat"]

@@ -1,6 +1,7 @@
-"""LoHa, LoKr and DoRA networks: trained through peft, written in the LyCORIS layout, and read
-by the hosts' network code (our fakes of it) to exactly the weight change peft applies
-(DoRA: in ComfyUI and Forge; A1111 computes another weight, which the test shows)."""
+"""LoHa, LoKr, DoRA and OFT networks: trained through peft (OFT: a peft method of our own),
+written in the LyCORIS layout, and read by the hosts' network code (our fakes of it) to
+exactly the weight change peft applies (DoRA: in ComfyUI and Forge; A1111 computes another
+weight, which the test shows; OFT: in ComfyUI and A1111)."""
 import json
 import logging
 import sys
@@ -100,12 +101,13 @@ def test_hosts_compute_peft_delta(tmp_path, family, network, caplog):
     assert not left and "lora key not loaded" not in caplog.text
     for key, delta in expected.items():
         slots = {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == key}
-        assert a1111.module_type(slots) == {"loha": "hada", "lokr": "lokr", "dora": "lora"}[network]
+        assert a1111.module_type(slots) == {"loha": "hada", "lokr": "lokr", "dora": "lora", "oft": "oft"}[network]
         w = weights[key]
         assert delta.abs().max() > 1e-3, key
         # ComfyUI's arithmetic (Forge's is the same), and ours for lora merge
         torch.testing.assert_close(comfy.calculate_weight(patches[key], w) - w, delta, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(comfy.calculate_weight(patches[key], w, 0.5) - w, 0.5 * delta, atol=1e-5, rtol=1e-4)
+        half = 0.25 if network == "oft" else 0.5  # ComfyUI applies an OFT's strength twice
+        torch.testing.assert_close(comfy.calculate_weight(patches[key], w, 0.5) - w, half * delta, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(lycoris_delta(slots, w), delta, atol=1e-5, rtol=1e-4)
         if network == "dora":  # A1111 normalises per input column: it loads the file and computes another weight
             assert not torch.allclose(a1111.calc_updown(slots, w), delta, atol=1e-2, rtol=1e-2), key
@@ -132,10 +134,9 @@ def test_metadata_as_lycoris_writes_it(tmp_path, network):
 
 
 def test_network_choice_is_checked():
-    with pytest.raises(ConfigError, match="network must be one of lora, loha, lokr, dora"):
+    with pytest.raises(ConfigError, match="network must be one of lora, loha, lokr, dora, oft"):
         TrainConfig(network="boft").validate(check_paths=False)
-    with pytest.raises(ConfigError, match="'oft' is not offered: peft's OFT rotates each layer's input"):
-        TrainConfig(network="oft").validate(check_paths=False)
+    TrainConfig(network="oft").validate(check_paths=False)
     with pytest.raises(ConfigError, match="LyCORIS layout"):
         TrainConfig(network="loha", save_formats=["peft"]).validate(check_paths=False)
 
@@ -147,7 +148,7 @@ def test_lycoris_file_is_refused_by_plain_lora_tools(tmp_path, network):
     model, _ = trained_network("sd1", network, conv_rank=0)
     modules = lycoris_from_peft_model(network_type(network), model.unet, model.text_encoders, model.family)
     path = write_lycoris(network_type(network), modules, tmp_path / "n.safetensors", model.family, 4, 2.0)
-    with pytest.raises(FormatError, match="LoHa|LoKr|DoRA"):
+    with pytest.raises(FormatError, match="LoHa|LoKr|DoRA|OFT"):
         read_lora(path)
 
 
@@ -165,7 +166,7 @@ def test_trained_network_file_reproduces_the_trained_model(tmp_path, network):
     (artifact,) = [a for a in result.outputs if a.kind == "lora"]
     assert artifact.prompt_hint == "<lora:zwx_dog:0.8>"
     state = load_file(artifact.path)
-    assert any(k.endswith((".hada_w1_a", ".lokr_w1", ".dora_scale")) for k in state) and any(k.startswith("lora_te_") for k in state)
+    assert any(k.endswith((".hada_w1_a", ".lokr_w1", ".dora_scale", ".oft_blocks")) for k in state) and any(k.startswith("lora_te_") for k in state)
     base = tiny_base_model("sd1")
     before = unet_output(base)
     merged = apply_artifact(base, "lora", artifact.path)
@@ -206,7 +207,7 @@ def test_resize_and_convert_refuse_networks_clearly(tmp_path, capsys):
     assert main(["lora", "resize", str(path), str(tmp_path / "r.safetensors"), "--rank", "2"]) == 1
     assert main(["lora", "convert", str(path), str(tmp_path / "c.safetensors"), "--to", "peft"]) == 1
     err = capsys.readouterr().err
-    assert err.count("is a LoHa/LoKr/DoRA network: lora") == 2 and "Hadamard/Kronecker" in err
+    assert err.count("is a LoHa/LoKr/DoRA/OFT network: lora") == 2 and "Hadamard/Kronecker" in err
     assert not (tmp_path / "r.safetensors").exists() and not (tmp_path / "c.safetensors").exists()
 
 
@@ -231,10 +232,11 @@ def test_lora_merge_takes_networks_and_keeps_the_base_precision(tmp_path, capsys
     assert not torch.allclose(unet_output(expected), unet_output(load_base_model(base)), atol=1e-4)
 
 
-@pytest.mark.parametrize("network", ["dora", "loha"])
+@pytest.mark.parametrize("network", ["dora", "loha", "oft"])
 def test_a_dora_file_delivered_to_a1111_comes_with_a_warning(tmp_path, network):
-    """A1111 computes another weight from a DoRA file (test_hosts_compute_peft_delta shows it):
-    its delivery, and the CLI's summary, say so; ComfyUI's does not, nor does any LoHa's."""
+    """A1111 computes another weight from a DoRA file (test_hosts_compute_peft_delta shows it),
+    and Forge, which runs the same WebUI adapter, skips an OFT file: its delivery, and the CLI's
+    summary, say so; ComfyUI's does not, nor does any LoHa's."""
     from dreambooth_core.cli.train import summary
     from dreambooth_core.lifecycle import deliver
     from dreambooth_core.events import Artifact
@@ -252,41 +254,64 @@ def test_a_dora_file_delivered_to_a1111_comes_with_a_warning(tmp_path, network):
     if network == "dora":
         assert "A1111 v1.10 scales a DoRA file per input column" in a1111_item.warning
         assert "ComfyUI and Forge compute the trained weight" in said
+    elif network == "oft":
+        assert "Forge f2.0.1 has no OFT" in a1111_item.warning and "note for A1111/Forge: Forge f2.0.1 has no OFT" in said
     else:
         assert not a1111_item.warning and "note for A1111" not in said
 
 
-def test_oft_is_refused_because_peft_and_the_hosts_rotate_different_axes():
-    """Why network = 'oft' is refused, shown on the two functions: the hosts' OFT (A1111
-    network_oft.py / ComfyUI oft.py for LyCORIS `oft_blocks`: R = (I+Q)(I-Q)⁻¹ per block of
-    output rows, W' = R·W) keeps the input Gram matrix WᵀW for every file, while peft's trained
-    OFT (the input features rotated) changes it: no `oft_blocks` can give peft's weight."""
+def test_oft_keeps_what_the_hosts_keep_and_peft_s_own_oft_does_not():
+    """Why OFT is a peft method of our own: every host OFT (R·W per block of output rows, R an
+    exact Cayley rotation) keeps the input Gram matrix WᵀW, and so does the trained layer
+    here, while peft's built-in OFT (the input features rotated) changes it: no `oft_blocks`
+    file could give peft's weight."""
     from peft import OFTConfig, inject_adapter_in_model
 
     torch.manual_seed(0)
-    out_f, in_f, blocks = 8, 8, 2
-    layer = torch.nn.Sequential(torch.nn.Linear(in_f, out_f, bias=False))
-    w = layer[0].weight.detach().clone()
+    x = torch.randn(4, 8)
+    for config in (network_type("oft").config(["0"], 4, 0.0, {}), OFTConfig(r=0, oft_block_size=4, target_modules=["0"])):
+        layer = torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False))
+        w = layer[0].weight.detach().clone()
+        inject_adapter_in_model(config, layer)
+        with torch.no_grad():
+            for name, p in layer.named_parameters():
+                if "oft_" in name:
+                    p.copy_(torch.randn(p.shape) * 0.3)
+        trained = layer(x)
+        layer[0].merge()
+        merged = layer[0].get_base_layer().weight.detach()
+        torch.testing.assert_close(x @ merged.T, trained, atol=1e-4, rtol=1e-4)  # what the layer computes
+        keeps_gram = torch.allclose(merged.T @ merged, w.T @ w, atol=1e-4, rtol=1e-4)
+        assert keeps_gram == isinstance(config, type(network_type("oft").config(["0"], 4, 0.0, {}))), type(config)
 
-    def host_oft(oft_blocks: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        q = oft_blocks - oft_blocks.transpose(1, 2)
-        eye = torch.eye(q.shape[-1])
-        r = (eye + q) @ torch.linalg.inv(eye - q)
-        return torch.einsum("knm,kn...->km...", r, weight.reshape(blocks, out_f // blocks, *weight.shape[1:])).reshape(weight.shape)
 
-    for _ in range(3):
-        rotated = host_oft(torch.randn(blocks, out_f // blocks, out_f // blocks) * 0.3, w)
-        assert not torch.allclose(rotated, w, atol=1e-3)
-        torch.testing.assert_close(rotated.T @ rotated, w.T @ w, atol=1e-4, rtol=1e-4)
-
-    inject_adapter_in_model(OFTConfig(r=0, oft_block_size=in_f // blocks, target_modules=["0"]), layer)
+def test_oft_constraint_is_in_the_file_so_both_hosts_compute_the_trained_rotation(tmp_path, caplog):
+    """Trained with a norm constraint that binds (alpha, as LyCORIS: ‖Q‖ ≤ alpha · rows): the file
+    holds the clamped blocks and alpha 0, so A1111 (alpha · rows) and ComfyUI (alpha), whose
+    constraints differ, both compute peft's weight; a file that leaves the clamp to the hosts
+    would get two different weights from them."""
+    model = tiny_base_model("sd1")
+    method = LoraMethod(TrainConfig(network="oft", rank=4, alpha=0.01, train_text_encoder=False), model)
+    method.setup(torch.float32)
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, p in layer.named_parameters():
-            if "oft_" in name:
-                p.copy_(torch.randn(p.shape) * 0.3)
-    x = torch.randn(4, in_f)
-    trained = layer(x)
-    layer[0].merge()
-    merged = layer[0].get_base_layer().weight.detach()
-    torch.testing.assert_close(x @ merged.T, trained, atol=1e-4, rtol=1e-4)  # this is what peft trained
-    assert not torch.allclose(merged.T @ merged, w.T @ w, atol=1e-2, rtol=1e-2)
+        for p in method.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    modules = lycoris_from_peft_model(network_type("oft"), model.unet, [], model.family)
+    path = write_lycoris(network_type("oft"), modules, tmp_path / "n.safetensors", model.family, 4, 0.01)
+    state, expected, weights = load_file(path), peft_deltas(model, "oft"), base_weights("sd1")
+    patches, left = comfy.load_lora(state, sorted(modules))
+    assert not left and set(expected) == set(modules)
+    names = names_for_model(tiny_base_model("sd1"))
+    for key, delta in expected.items():
+        slots = {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == key}
+        raw = model.unet.get_submodule(names.module(key)[1]).oft_blocks["default"].detach()
+        assert float(slots["alpha"]) == 0 and not torch.allclose(slots["oft_blocks"], raw)  # the clamp is in the blocks
+        w = weights[key]
+        torch.testing.assert_close(comfy.calculate_weight(patches[key], w) - w, delta, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a1111.calc_updown(slots, w), delta, atol=1e-5, rtol=1e-4)
+        # the same rotation left to the hosts' constraints: they disagree
+        left_to_hosts = {"oft_blocks": raw, "alpha": torch.tensor(0.01)}
+        comfy_w = comfy.calculate_weight({"type": "oft", "oft_blocks": raw, "alpha": 0.01}, w) - w
+        assert not torch.allclose(a1111.calc_updown(left_to_hosts, w), comfy_w, atol=1e-4), key
+        torch.testing.assert_close(a1111.calc_updown(left_to_hosts, w), delta, atol=1e-5, rtol=1e-4)  # LyCORIS's reading

@@ -38,11 +38,11 @@ def _load(path: str, family: str | None, dtype: str):
 
 
 def _refuse_networks(src: Path, operation: str) -> None:
-    """LoHa/LoKr files have no down/up factors: say so instead of a key error."""
+    """LoHa/LoKr/DoRA/OFT files have no down/up factors: say so instead of a key error."""
     from ..formats.networks import math_refusal, read_network_file
 
     if read_network_file(src) is not None:
-        raise UserError(f"{src} is a LoHa/LoKr/DoRA network: {math_refusal(operation)}")
+        raise UserError(f"{src} is a LoHa/LoKr/DoRA/OFT network: {math_refusal(operation)}")
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -164,7 +164,7 @@ class ProgressPrinter:
 
 def summary(state: RunState, config: TrainConfig | None = None) -> str:
     """What the user needs at the end: where the files are, what to type in a prompt, and
-    which host computes something else with them (a DoRA file in A1111)."""
+    which host computes something else with them (a DoRA file in A1111, an OFT file in Forge)."""
     lines = [f"{state.status}" + (f" at step {state.step}" if state.step else "") +
              (f"; run folder {state.run_dir}" if state.run_dir else "")]
     for artifact in state.artifacts:
@@ -174,7 +174,7 @@ def summary(state: RunState, config: TrainConfig | None = None) -> str:
     if config is not None and any(a.final and a.kind == "lora" for a in state.artifacts):
         from ..lifecycle.handoff import host_note
 
-        lines += [f"  note for A1111: {note}" for note in [host_note(config, "a1111")] if note]
+        lines += [f"  note for A1111/Forge: {note}" for note in [host_note(config, "a1111")] if note]
     if state.status == "cancelled":
         states = [a for a in state.artifacts if a.kind == "state"]
         if states:

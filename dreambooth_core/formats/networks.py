@@ -25,8 +25,10 @@ and ComfyUI (comfy/weight_adapter/loha.py, lokr.py) read per kohya module key:
   input column, which no low-rank file can turn into peft's per-row magnitude: it loads the
   file and computes another weight, and registry.NETWORKS says so to whoever delivers there.
 
-OFT is refused (registry.REFUSED_NETWORKS): peft rotates a layer's input features, the
-hosts' `oft_blocks` its output rows.
+- OFT: `oft_blocks, alpha`, trained by a peft method of our own (formats.oft: peft's OFT
+  rotates another axis). A type like it, whose registry entry names its `file_slots`, brings
+  its own host math (`delta`) and its way into peft (`into_peft`, `peft_rank`) on its
+  NetworkType; the readers below dispatch to it by those slots.
 """
 from __future__ import annotations
 
@@ -53,17 +55,22 @@ class NetworkType:
     """One network type: its peft config class and how one trained layer becomes file tensors."""
 
     name: str
-    peft_config: str                           # class name in peft
+    peft_config: str                           # class name in peft, or "module:Class" of our own
     layer_class: str                           # "module:Class" of its peft layer
     export: Callable[[Any, str], dict[str, "torch.Tensor"]] | None = None  # (peft layer, adapter) → slots
     args: tuple[tuple[str, str], ...] = ()     # ss_network_args LyCORIS writes besides algo and conv
     peft_options: tuple[tuple[str, Any], ...] = ()  # further fields of the peft config
+    delta: Callable[[dict[str, "torch.Tensor"], "torch.Tensor"], "torch.Tensor"] | None = None  # (slots, weight) → host change
+    into_peft: Callable[[Any, dict[str, "torch.Tensor"], str], dict[str, tuple["torch.Tensor", "torch.Tensor"]]] | None = None
+    peft_rank: Callable[[dict[str, "torch.Tensor"]], tuple[int, float]] | None = None  # (r, alpha) of a file module
 
     def config(self, targets: list[str], rank: int, alpha: float, conv: dict[str, tuple[int, float]]):
         """The peft config: `rank`/`alpha` for `targets`, per-name (rank, alpha) for the convolutions in `conv`."""
         import peft
 
-        cls = getattr(peft, self.peft_config)
+        from ..registry import load
+
+        cls = load(self.peft_config) if ":" in self.peft_config else getattr(peft, self.peft_config)
         fields = dict(r=rank, target_modules=targets, rank_pattern={t: r for t, (r, _) in conv.items()},
                       alpha_pattern={t: a for t, (_, a) in conv.items()})
         fields.update(self.peft_options)
@@ -211,13 +218,26 @@ _SLOTS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "lokr_w1", "lokr_w
           "lora_down.weight", "lora_up.weight", "dora_scale"}
 
 
+def _own_types() -> dict[str, tuple[str, ...]]:
+    """{network: file slots} of the types that read their own modules (registry `file_slots`)."""
+    from ..registry import NETWORKS
+
+    return {n: spec.file_slots for n, spec in NETWORKS.items() if spec.file_slots}
+
+
+def _own_type(slots: dict[str, "torch.Tensor"]) -> NetworkType | None:
+    """The NetworkType whose marking slot this module has, if one of `_own_types`."""
+    return next((network_type(n) for n, own in _own_types().items() if own[0] in slots), None)
+
+
 def read_lycoris(state: dict[str, "torch.Tensor"], path: Path | str = "") -> dict[str, dict[str, "torch.Tensor"]]:
-    """{kohya key: {slot: tensor}} of a LoHa/LoKr/DoRA file; FormatError on anything else."""
+    """{kohya key: {slot: tensor}} of a LoHa/LoKr/DoRA/OFT file; FormatError on anything else."""
+    known = _SLOTS.union(*_own_types().values())
     modules: dict[str, dict[str, torch.Tensor]] = collections.defaultdict(dict)
     for key, tensor in state.items():
         name, _, slot = key.partition(".")
-        if slot not in _SLOTS:
-            raise FormatError(f"{path}: {key} is not a LoHa/LoKr tensor this project reads (tucker and OFT are not)")
+        if slot not in known:
+            raise FormatError(f"{path}: {key} is not a LoHa/LoKr/OFT tensor this project reads (tucker, BOFT and rescaled OFT are not)")
         modules[name][slot] = tensor
     for name, slots in modules.items():
         if ("lora_down.weight" in slots) != ("dora_scale" in slots):
@@ -226,10 +246,13 @@ def read_lycoris(state: dict[str, "torch.Tensor"], path: Path | str = "") -> dic
 
 
 def lycoris_delta(slots: dict[str, "torch.Tensor"], weight: "torch.Tensor") -> "torch.Tensor":
-    """The change a LoHa/LoKr/DoRA module makes to `weight` at strength 1 (float32), as the
-    hosts compute it (DoRA as ComfyUI and Forge do: see the module docstring)."""
+    """The change a LoHa/LoKr/DoRA/OFT module makes to `weight` at strength 1 (float32), as the
+    hosts compute it (DoRA as ComfyUI and Forge do: see the module docstring; OFT: formats.oft)."""
     import torch
 
+    own = _own_type(slots)
+    if own is not None and own.delta is not None:
+        return own.delta(slots, weight)
     s = {k: v.float() for k, v in slots.items()}
     weight_shape = tuple(weight.shape)
     alpha = float(s["alpha"]) if "alpha" in s else None
@@ -258,11 +281,12 @@ def lycoris_delta(slots: dict[str, "torch.Tensor"], weight: "torch.Tensor") -> "
 
 
 def is_lycoris(keys: list[str]) -> bool:
-    return any(k.endswith((".hada_w1_a", ".lokr_w1", ".lokr_w1_a", ".dora_scale")) for k in keys)
+    marks = (".hada_w1_a", ".lokr_w1", ".lokr_w1_a", ".dora_scale", *(f".{own[0]}" for own in _own_types().values()))
+    return any(k.endswith(marks) for k in keys)
 
 
 def read_network_file(path: str | Path) -> dict[str, dict[str, "torch.Tensor"]] | None:
-    """The modules of a LoHa/LoKr/DoRA `.safetensors` file; None when it is not one (a plain LoRA)."""
+    """The modules of a LoHa/LoKr/DoRA/OFT `.safetensors` file; None when it is not one (a plain LoRA)."""
     from ..fileio import load_state_dict, read_shapes, require_file
 
     p = require_file(path, "network file")
@@ -272,7 +296,7 @@ def read_network_file(path: str | Path) -> dict[str, dict[str, "torch.Tensor"]] 
 
 
 def merge_network(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor"]], multiplier: float = 1.0) -> "BaseModel":
-    """Add a LoHa/LoKr/DoRA network into `model`'s weights in place, as the hosts apply it.
+    """Add a LoHa/LoKr/DoRA/OFT network into `model`'s weights in place, as the hosts apply it.
 
     Checked before anything changes: every module must name a layer of `model` whose size
     its weight change has, else FamilyError (a network of another model would do harm)."""
@@ -302,6 +326,9 @@ def merge_network(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor
 
 def _peft_tensors(layer: Any, slots: dict[str, "torch.Tensor"], adapter: str) -> dict[str, tuple["torch.Tensor", "torch.Tensor"]]:
     """{slot: (peft parameter, value)} that make an injected peft layer compute this module."""
+    own = _own_type(slots)
+    if own is not None and own.into_peft is not None:
+        return own.into_peft(layer, slots, adapter)
     if "dora_scale" not in slots:
         return {k: (getattr(layer, k)[adapter], v) for k, v in slots.items() if k != "alpha"}
     base = layer.get_base_layer().weight.detach().float()
@@ -313,7 +340,7 @@ def _peft_tensors(layer: Any, slots: dict[str, "torch.Tensor"], adapter: str) ->
 
 
 def network_into_peft(model: "BaseModel", modules: dict[str, dict[str, "torch.Tensor"]], adapter_name: str = "default") -> "BaseModel":
-    """Inject a LoHa/LoKr/DoRA file's modules into `model` as the peft adapter `adapter_name`,
+    """Inject a LoHa/LoKr/DoRA/OFT file's modules into `model` as the peft adapter `adapter_name`,
     so it computes what the hosts do (to sample or train on with peft). LoKr's whole factors
     load as peft's whole `lokr_w1`/`lokr_w2` with alpha = r (scale 1: the file's scale is in w1)."""
     import collections
@@ -325,17 +352,21 @@ def network_into_peft(model: "BaseModel", modules: dict[str, dict[str, "torch.Te
     from .lora_keys import model_parts, names_for_model
 
     names, parts = names_for_model(model), model_parts(model)
-    kind = next(("dora" if "dora_scale" in s else "lokr" if "lokr_w1" in s else "loha") for s in modules.values())
-    net = {"dora": DORA, "lokr": LOKR, "loha": LOHA}[kind]
+    first = next(iter(modules.values()))
+    own = _own_type(first)
+    kind = own.name if own else "dora" if "dora_scale" in first else "lokr" if "lokr_w1" in first else "loha"
+    net = own or {"dora": DORA, "lokr": LOKR, "loha": LOHA}[kind]
     needed = {"dora": {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"}, "lokr": {"lokr_w1", "lokr_w2"},
-              "loha": {"hada_w1_b", "alpha"}}[kind]
+              "loha": {"hada_w1_b", "alpha"}}.get(kind) or {_own_types()[kind][0]}
     plan: dict[str, dict[str, tuple[int, float, dict[str, torch.Tensor]]]] = collections.defaultdict(dict)
     for key, slots in modules.items():
         found = names.module(key)
         if found is None or not needed <= set(slots):
             raise FamilyError(f"network module {key} names no layer of this {model.family.title} model, or is not "
                               f"a {kind} module as written here ({', '.join(sorted(needed))}; LoKr with whole factors)")
-        if kind == "lokr":
+        if own is not None and own.peft_rank is not None:
+            plan[found[0]][found[1]] = (*own.peft_rank(slots), slots)
+        elif kind == "lokr":
             w2 = slots["lokr_w2"]
             r = int(sum(w2.shape))  # large enough that peft keeps lokr_w2 whole
             plan[found[0]][found[1]] = (r, float(r), slots)
@@ -356,8 +387,9 @@ def network_into_peft(model: "BaseModel", modules: dict[str, dict[str, "torch.Te
 
 
 def math_refusal(operation: str) -> str:
-    """Why `operation` (resize, convert) cannot take a LoHa/LoKr/DoRA file."""
+    """Why `operation` (resize, convert) cannot take a LoHa/LoKr/DoRA/OFT file."""
     return (f"{operation} works on plain LoRA (down/up) files only: a LoHa/LoKr weight change is a "
             "Hadamard/Kronecker product with no rank-r down/up factors to cut, a DoRA change rescales "
-            "whole rows of the base weight, and the diffusers layout here holds plain LoRA; merge it "
-            "into a checkpoint (lora merge) or load it in ComfyUI/Forge (LoHa/LoKr also A1111) as it is")
+            "whole rows of the base weight, an OFT change rotates them (full rank, whatever the block "
+            "size), and the diffusers layout here holds plain LoRA; merge it into a checkpoint "
+            "(lora merge) or load it in a host as it is (ComfyUI: all; A1111: LoHa/LoKr/OFT; Forge: LoHa/LoKr/DoRA)")

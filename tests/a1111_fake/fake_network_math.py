@@ -15,6 +15,13 @@ scale by `scale` if given, else alpha/dim when both are known, else 1. A module 
 weight, normalised per input column (transpose(0, 1), norm of each column over all other
 axes, no epsilon) and multiplied by `dora_scale` as it broadcasts, whatever its shape; the
 change is merged · dora_scale / norm − weight. Last, times the multiplier.
+
+OFT (network_oft.py, tried after the others): a module with `oft_blocks` [k, n, n]. Its
+`alpha` tensor is a norm constraint of alpha · out rows (0 when missing; the scale is fixed
+at 1, so alpha never scales): when nonzero, Q = blocks − blocksᵀ is multiplied by
+(min(‖Q‖, constraint) + 1e-8) / (‖Q‖ + 1e-8). R = (I + Q) · inverse((I − Q) in float32);
+the weight's output rows, taken as k blocks of out/k, become einsum("k n m, k n … -> k m …",
+R, blocks), times `rescale` when given; the change is that − weight, times the multiplier.
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ def module_type(slots: dict[str, torch.Tensor]) -> str | None:
     has = [f"lokr_w{i}" in slots or (f"lokr_w{i}_a" in slots and f"lokr_w{i}_b" in slots) for i in (1, 2)]
     if all(has):
         return "lokr"
+    if "oft_blocks" in slots:
+        return "oft"
     return None
 
 
@@ -37,6 +46,8 @@ def calc_updown(slots: dict[str, torch.Tensor], orig_weight: torch.Tensor, multi
     kind = module_type(slots)
     if kind is None:
         raise KeyError("no network module type matched these tensors")
+    if kind == "oft":
+        return oft_updown(slots, orig_weight) * multiplier
     w = {k: v.to(orig_weight.dtype) for k, v in slots.items()}
     alpha = slots["alpha"].item() if "alpha" in slots else None
     scale = slots["scale"].item() if "scale" in slots else None
@@ -85,3 +96,23 @@ def apply_weight_decompose(updown: torch.Tensor, orig_weight: torch.Tensor, dora
     column_norm = (merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
                    .reshape(merged.shape[1], *[1] * norm_dims).transpose(0, 1))
     return merged * (dora_scale / column_norm) - orig_weight
+
+
+def oft_updown(slots: dict[str, torch.Tensor], orig_weight: torch.Tensor) -> torch.Tensor:
+    blocks = slots["oft_blocks"]
+    alpha = slots.get("alpha")
+    out_dim = orig_weight.shape[0]
+    num_blocks = blocks.shape[0]
+    block_size = out_dim // num_blocks
+    constraint = (0 if alpha is None else alpha) * out_dim
+    eye = torch.eye(block_size)
+    q = blocks - blocks.transpose(-1, -2)
+    if constraint != 0:
+        norm = torch.norm(q.flatten())
+        q = q * ((torch.clamp(norm, max=constraint) + 1e-8) / (norm + 1e-8))
+    r = torch.matmul(eye + q, (eye - q).float().inverse())
+    merged = torch.einsum("k n m, k n ... -> k m ...", r, orig_weight.reshape(num_blocks, block_size, *orig_weight.shape[1:]))
+    merged = merged.reshape(orig_weight.shape)
+    if "rescale" in slots:
+        merged = slots["rescale"].reshape(-1, *[1] * (orig_weight.ndim - 1)) * merged
+    return merged - orig_weight

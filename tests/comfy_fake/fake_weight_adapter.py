@@ -18,6 +18,13 @@ row norms of the *unchanged* weight, otherwise by the column norms of the merged
 (each + float32 eps), times dora_scale; strength s gives weight + s · (that − weight).
 Forge f2.0.1 (backend/patcher/lora.py `weight_decompose`, "modified from" ComfyUI's) is the
 same arithmetic, so this fake stands for both.
+
+OFT (weight_adapter/oft.py, tried after LoRA/LoHa/LoKr): `<prefix>.oft_blocks` of 3 axes
+(and `rescale`, which it marks loaded but does not use when merging). `alpha` is a norm
+bound on Q = blocks − blocksᵀ itself (not times the rows): when alpha > 0 and ‖Q‖ + 1e-8 >
+alpha, Q becomes Q · alpha / (‖Q‖ + 1e-8). R = (I + Q) · inverse(I − Q); the change is
+einsum("k n m, k n … -> k m …", s·R − s·I, weight as k blocks of rows), added times s
+again, so a strength s scales it by s². Forge f2.0.1 has no OFT: its patcher skips these keys.
 """
 from __future__ import annotations
 
@@ -52,6 +59,11 @@ def load_lora(lora: dict[str, torch.Tensor], prefixes: list[str]) -> tuple[dict[
             names = [f"{x}.{n}" for n in ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b") if f"{x}.{n}" in lora]
             adapter = {"type": "lokr", **{n.rsplit(".", 1)[1]: lora[n] for n in names}}
             loaded.update(names)
+        elif f"{x}.oft_blocks" in lora and lora[f"{x}.oft_blocks"].ndim == 3:
+            adapter = {"type": "oft", "oft_blocks": lora[f"{x}.oft_blocks"]}
+            loaded.add(f"{x}.oft_blocks")
+            if f"{x}.rescale" in lora:
+                loaded.add(f"{x}.rescale")
         if adapter is not None:
             adapter["alpha"] = alpha
             adapter["dora_scale"] = dora_scale
@@ -63,6 +75,8 @@ def load_lora(lora: dict[str, torch.Tensor], prefixes: list[str]) -> tuple[dict[
 
 
 def calculate_weight(adapter: dict, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    if adapter["type"] == "oft":
+        return oft_weight(adapter, weight, strength)
     f = {k: v.float() for k, v in adapter.items() if isinstance(v, torch.Tensor) and k != "dora_scale"}
     dim = None
     if adapter["type"] == "lora":
@@ -101,3 +115,20 @@ def weight_decompose(dora_scale: torch.Tensor, weight: torch.Tensor, diff: torch
                 .reshape(calc.shape[1], *[1] * (calc.ndim - 1)).transpose(0, 1))
     calc = calc * (dora_scale / (norm + torch.finfo(weight.dtype).eps))
     return weight + strength * (calc - weight) if strength != 1.0 else calc
+
+
+def oft_weight(adapter: dict, weight: torch.Tensor, strength: float) -> torch.Tensor:
+    blocks = adapter["oft_blocks"].float()
+    alpha = adapter["alpha"] or 0
+    block_num, block_size = blocks.shape[:2]
+    eye = torch.eye(block_size)
+    q = blocks - blocks.transpose(1, 2)
+    if alpha > 0:
+        q_norm = torch.norm(q) + 1e-8
+        if q_norm > alpha:
+            q = q * alpha / q_norm
+    r = (eye + q) @ (eye - q).float().inverse()
+    w = weight.float()
+    diff = torch.einsum("k n m, k n ... -> k m ...", r * strength - strength * eye,
+                        w.view(block_num, block_size, *w.shape[1:])).view(-1, *w.shape[1:])
+    return (w + strength * diff).to(weight.dtype)
