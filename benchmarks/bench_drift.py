@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # this tree first
-from bench_reference import LAUNCHER, TORCHVISION_STUB, child_env  # noqa: E402
+from bench_reference import child_env, write_launcher  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN, CLASS = "sks", "ball"
@@ -109,12 +109,7 @@ def prepare(work: Path, num_class: int) -> tuple[Path, Path]:
 def run_reference(script: Path, work: Path, model: Path, classes: Path, out: Path, a) -> None:
     from dreambooth_core.toy.model import TOY_INSTANCE_DIR
 
-    launcher = work / "reference_launcher" / "launcher.py"
-    stub = launcher.parent / "stub" / "torchvision"
-    stub.mkdir(parents=True, exist_ok=True)
-    (stub / "__init__.py").write_text('"""Stand-in: only transforms."""\n__version__ = "0.0.0+stub"\n')
-    (stub / "transforms.py").write_text(TORCHVISION_STUB)
-    launcher.write_text(LAUNCHER)
+    launcher = write_launcher(work)
     prior = ["--with_prior_preservation", "--class_data_dir", str(classes), "--class_prompt", CLASS_PROMPT,
              "--num_class_images", str(a.num_class), "--prior_loss_weight", "1.0"] if a.prior else []
     cmd = [sys.executable, str(launcher), str(launcher.parent / "stub"), str(script.resolve()),
