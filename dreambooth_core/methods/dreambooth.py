@@ -26,7 +26,7 @@ class DreamBoothMethod(Method):
     def full_precision_components(cls, config: "TrainConfig") -> tuple[str, ...]:
         """The trained parts (unless `full_bf16`); the frozen ones too when the model is saved in
         fp32. Otherwise the VAE and frozen text encoders are held in the compute dtype (half the
-        bytes) and saved from it: a bf16 run's saved fp16 file carries them at bf16's precision."""
+        bytes) and read again from the base file when saved (`as_saved`)."""
         from ..models.configs import COMPONENTS
 
         if config.save_dtype == "fp32":
