@@ -14,14 +14,17 @@ result is then drawn and scored by the toy world's evaluator (fixed seeds):
                        the share of images in which all three are drawn right (and, soft, the
                        mean of the three attribute scores). Language drift lowers it.
 
-Ours is scored as it publishes its result (the single file at save_dtype fp16) and also from
-an fp32 and a bf16 save of the same weights, which separates training from saving.
+Ours publishes its single file at `--save-dtype` (fp32 here by default): scored as published,
+and, from an fp32 file, also re-saved in fp16 and bf16, which separates training from saving.
+`--save-dtype fp16` scores what ours publishes by default; `--ours-precision bf16` trains ours
+as memory="auto" does on any GPU (its frozen VAE and text encoder then held in bf16).
 
 The reference script is not part of this repository: see bench_reference.py for where to get
 it and how it runs without torchvision.
 
     python benchmarks/bench_drift.py --reference /tmp/train_dreambooth.py --steps 400 --lr 5e-6
     python benchmarks/bench_drift.py --reference /tmp/train_dreambooth.py --steps 400 --lr 5e-6 --no-prior
+    python benchmarks/bench_drift.py --reference /tmp/train_dreambooth.py --only ours --ours-precision bf16 --save-dtype fp16
 """
 from __future__ import annotations
 
