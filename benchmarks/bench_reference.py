@@ -190,6 +190,18 @@ runpy.run_path(script, run_name="__main__")
 '''
 
 
+def write_launcher(work: Path) -> Path:
+    """The launcher and the torchvision stand-in under `work`; the launcher's path (its
+    command line: launcher STUB_DIR SCRIPT ARGS..., STUB_DIR being the launcher's folder / "stub")."""
+    launcher = work / "reference_launcher" / "launcher.py"
+    stub = launcher.parent / "stub" / "torchvision"
+    stub.mkdir(parents=True, exist_ok=True)
+    (stub / "__init__.py").write_text('"""Stand-in: only transforms."""\n__version__ = "0.0.0+stub"\n')
+    (stub / "transforms.py").write_text(TORCHVISION_STUB)
+    launcher.write_text(LAUNCHER)
+    return launcher
+
+
 @dataclass
 class Run:
     """One training process as seen from outside."""
@@ -472,12 +484,7 @@ def main() -> None:
             print(f"built the random {args.size} model in {time.monotonic() - t0:.0f} s: {model}", flush=True)
         images = write_instance_images(work / f"images-{res}", res)
         classes = write_instance_images(work / f"class-images-{res}", res, count=CLASS_IMAGES)
-        launcher = work / "reference_launcher" / "launcher.py"
-        stub = launcher.parent / "stub" / "torchvision"
-        stub.mkdir(parents=True, exist_ok=True)
-        (stub / "__init__.py").write_text('"""Stand-in: only transforms."""\n__version__ = "0.0.0+stub"\n')
-        (stub / "transforms.py").write_text(TORCHVISION_STUB)
-        launcher.write_text(LAUNCHER)
+        launcher = write_launcher(work)
 
         what = f"LoRA rank {RANK}" if args.method == "lora" else f"full DreamBooth with prior preservation ({CLASS_IMAGES} class images)"
         print(f"size {args.size} ({res} px), {what}, batch 1, mixed precision {args.mixed_precision}, {args.threads} thread(s), "

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from ..config import TrainConfig
     from ..events import Artifact
+    from ..models.base import BaseModel
 
 
 class DreamBoothMethod(Method):
@@ -25,7 +26,7 @@ class DreamBoothMethod(Method):
     def full_precision_components(cls, config: "TrainConfig") -> tuple[str, ...]:
         """The trained parts (unless `full_bf16`); the frozen ones too when the model is saved in
         fp32. Otherwise the VAE and frozen text encoders are held in the compute dtype (half the
-        bytes) and saved from it: a bf16 run's saved fp16 file carries them at bf16's precision."""
+        bytes) and read again from the base file when saved (`as_saved`)."""
         from ..models.configs import COMPONENTS
 
         if config.save_dtype == "fp32":
@@ -58,12 +59,40 @@ class DreamBoothMethod(Method):
         meta = {**self.common_metadata(info), "modelspec.title": info.stem,
                 "modelspec.trigger_phrase": self.trigger(info)}
         out = []
+        model = self.as_saved()
         if "single-file" in self.config.formats:
             path = self.host_path(info)
-            save_single_file(self.model, path, dtype=self.config.save_dtype, metadata=meta, overwrite=info.overwrite)
+            save_single_file(model, path, dtype=self.config.save_dtype, metadata=meta, overwrite=info.overwrite)
             out.append(self.host_artifact(path, info))
         if "diffusers" in self.config.formats:
             folder = info.out_dir / info.stem
-            save_diffusers(self.model, folder, dtype=self.config.save_dtype, overwrite=info.overwrite)
+            save_diffusers(model, folder, dtype=self.config.save_dtype, overwrite=info.overwrite)
             out.append(Artifact(kind="diffusers", path=str(folder), name=info.stem, prompt_hint=folder.name, final=info.final))
         return out
+
+    def as_saved(self) -> "BaseModel":
+        """The model as the checkpoint must carry it: the trained weights, and the frozen parts
+        exactly as the base file holds them. A run in bf16 holds the VAE and the untrained text
+        encoders in bf16 (full_precision_components); saved from there, every one of their weights
+        would be rounded to bf16's 8 bits, so they are read again from the base file (only those
+        components, in the save dtype). A model given in memory, without a file, is saved as held."""
+        import dataclasses
+        from pathlib import Path
+
+        import torch
+
+        from ..models.configs import torch_dtype
+        from ..models.load import load_components
+
+        cfg, m = self.config, self.model
+        target = torch_dtype(cfg.save_dtype)
+        held = {"vae": m.vae, **dict(zip(m.family.text_encoders, m.text_encoders))}
+        rounded = [name for name, module in held.items()
+                   if name not in self.trainable_modules() and torch.finfo(module.dtype).eps > torch.finfo(target).eps]
+        if not rounded or not cfg.base_model or not Path(cfg.base_model).exists():
+            return m
+        from ..fileio import unsafe_pickle_requested
+
+        exact = load_components(cfg.base_model, rounded, family=m.family, dtype=target, unsafe_pickle=unsafe_pickle_requested())
+        return dataclasses.replace(m, vae=exact.get("vae", m.vae),
+                                   text_encoders=[exact.get(name, te) for name, te in zip(m.family.text_encoders, m.text_encoders)])

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, UserError
 from ..families import Family
-from ..formats.checkpoint import UNET_PREFIX, load_ldm_state, normalized_key_names
+from ..formats.checkpoint import UNET_PREFIX, component_rules, load_ldm_state, normalized_key_names
 from ..fileio import SafetensorsReader, load_state_dict, require_file
 from .base import BaseModel
 from .configs import (CONFIGS_METADATA_KEY, EXTRAS_FILE, _bundle, _empty_components, _json, _text_encoder_class,
@@ -176,3 +176,35 @@ def load_base_model(
         return _load_diffusers(p, family, dtype)
     require_file(p, "model file")
     return _load_single_file(p, family, dtype, unsafe_pickle)
+
+
+def load_components(
+    path: str | os.PathLike,
+    names: "Iterable[str]",
+    family: str | Family | None = None,
+    dtype: "str | torch.dtype" = "fp32",
+    unsafe_pickle: bool = False,
+) -> dict[str, Any]:
+    """Only the components `names` ("vae", "text_encoder", ...) of a model file or folder, in
+    `dtype`; the others' weights are never read. A DreamBooth run reads its frozen parts again
+    this way to save them exactly as the base holds them."""
+    wanted = list(dict.fromkeys(names))
+    p = Path(path)
+    if p.is_dir():
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        fam = detect_diffusers_family(p, requested=family)
+        classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
+        classes.update((name, _text_encoder_class(fam, i)) for i, name in enumerate(fam.text_encoders))
+        dtypes = component_dtypes(dtype, wanted)
+        return {name: _load_diffusers_component(p, name, classes[name], dtypes[name], name in fam.text_encoders).eval()
+                for name in wanted}
+    require_file(p, "model file")
+    with _open_tensors(p, unsafe_pickle) as (file_shapes, metadata, get_stored):
+        key_names = normalized_key_names(file_shapes)
+        shapes = {k: file_shapes[old] for k, old in key_names.items()}
+        fam = detect_family(shapes, metadata, p.with_suffix(".yaml"), requested=family, what=str(p))
+        modules = {k: m for k, m in _empty_components(fam, single_file_configs(shapes, metadata, fam, str(p))).items() if k in wanted}
+        keys = [r.ldm for name, module in modules.items() for r in component_rules(name, module, fam) if r.ldm in shapes]
+        load_ldm_state(modules, fam, keys, lambda key: get_stored(key_names[key]), component_dtypes(dtype, modules), source=str(p))
+    return {name: modules[name].eval() for name in wanted}
