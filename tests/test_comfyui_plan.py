@@ -18,24 +18,14 @@ from PIL import Image
 
 from comfy_fake.harness import Host
 from hostile import Canary
+from test_comfyui_training import TINY, tiny_checkpoint  # noqa: F401  (the same tiny SD1 file)
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = "tiny-sd1.safetensors"
 ROUTE = "/dreambooth/plan"
 LORA_INPUTS = {"checkpoint": TINY, "preset": "lora", "steps": 10, "learning_rate": 0.0, "rank": 4, "alpha": 0.0,
                "train_text_encoder": False, "strength": 1.0, "resolution": 64, "seed": 0, "resume": True, "options": ""}
 CONCEPT = {"token": "zwx", "class_noun": "dog", "instance_prompt": "a photo of {token} {class_noun}",
            "class_prompt": "a photo of {class_noun}", "prior_preservation": False, "num_class_images": 0, "prior_loss_weight": 1.0}
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from dreambooth_core.models.save import save_single_file
-    from dreambooth_core.models.tiny import tiny_base_model
-
-    path = tmp_path_factory.mktemp("models") / TINY
-    save_single_file(tiny_base_model("sd1"), path, dtype="fp32")
-    return path
 
 
 @pytest.fixture
