@@ -142,7 +142,9 @@ def test_the_plan_button_sends_the_graph_and_shows_the_answer(comfy):
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
-    request = page(None)["request"]
+    first = page(None)
+    request = first["request"]
+    assert first["button_saved"] is False, "the button is no widget value of the queued prompt"
     assert (request["route"], request["method"]) == (ROUTE, "POST")
     assert request["body"]["folder"] == "subject" and request["body"]["concept"]["class_noun"] == "dog"
     status, plan = comfy.request("POST", ROUTE, request["body"])

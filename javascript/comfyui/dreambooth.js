@@ -129,7 +129,9 @@ app.registerExtension({
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const result = onNodeCreated?.apply(this, arguments);
-      this.addWidget("button", "Plan memory", null, () => showPlan(this));
+      // not a value: kept out of the queued prompt and the saved workflow
+      const button = this.addWidget("button", "Plan memory", null, () => showPlan(this), { serialize: false });
+      if (button) button.serialize = false;
       return result;
     };
     const onWidgetChanged = nodeType.prototype.onWidgetChanged;

@@ -1,7 +1,8 @@
 // javascript/comfyui/dreambooth.js on a stand-in ComfyUI front end (run by node).
 // argv: the extension file, a JSON file with the graph to build, and optionally a JSON file with
 // what POST /dreambooth/plan answers ({status, body}). Prints {request, lines, stale_lines}: the
-// body the Plan memory button sent, the lines drawn under the node, and the lines after a widget changed.
+// body the Plan memory button sent, the lines drawn under the node, the lines after a widget changed,
+// and whether the button would be saved into the prompt/workflow.
 // Front-end facts modelled: extensions import `app` from ../../scripts/app.js and `api` from
 // ../../scripts/api.js; `api.fetchApi(route, options)` returns a fetch Response; node types get
 // `beforeRegisterNodeDef(nodeType, nodeData)`, then nodes are created (`onNodeCreated`), have
@@ -45,7 +46,11 @@ for (const [id, spec] of Object.entries(graph.nodes)) {
     id, type: spec.type, size: [300, 200], flags: {},
     widgets: Object.entries(spec.widgets).map(([name, value]) => ({ name, type: typeof value === "number" ? "number" : "text", value })),
     inputs: Object.keys(spec.inputs ?? {}).map((name) => ({ name })),
-    addWidget(type, name, value, callback) { this.widgets.push({ type, name, value, callback }); },
+    addWidget(type, name, value, callback, options = {}) {
+      const widget = { type, name, value, callback, options };
+      this.widgets.push(widget);
+      return widget;
+    },
     getInputNode(slot) { return nodes[spec.inputs[this.inputs[slot].name]] ?? null; },
     setDirtyCanvas() {},
   });
@@ -60,7 +65,10 @@ const drawn = () => {
   train.onDrawForeground(ctx);
   return lines;
 };
-await train.widgets.find((w) => w.type === "button" && w.name === "Plan memory").callback();
+const button = train.widgets.find((w) => w.type === "button" && w.name === "Plan memory");
+await button.callback();
 const lines = drawn();
 train.onWidgetChanged?.("steps", 5, 0, train.widgets[0]);
-console.log(JSON.stringify({ request: sent[0], lines, stale_lines: drawn() }));
+// graphToPrompt and the saved workflow skip a widget with options.serialize / serialize false
+const buttonSaved = button.options?.serialize !== false && button.serialize !== false;
+console.log(JSON.stringify({ request: sent[0], lines, stale_lines: drawn(), button_saved: buttonSaved }));
