@@ -146,7 +146,9 @@ class TrainNode(io.ComfyNode):
             values["dataset_config"] = str(host.input_path(values["dataset_config"], "dataset_config"))
         config = check_client_limits(load_config(preset=preset, overrides=values, check_paths=not planning))
         for what, value in client_paths(config):   # the folders a dataset TOML names, too
-            if what != "output_dir":               # the runner puts every run under runs_root()
+            # the runner puts every run under runs_root(); the checkpoint is one of ComfyUI's own list,
+            # which may be a link to a models folder elsewhere (shared model folders often are)
+            if what not in ("output_dir", "base_model"):
                 host.input_path(value, what)
         if not config.eval_encoder:   # a CLIP / DINOv2 file in models/clip_vision measures the run (evaluate/)
             found = host.encoder_file()

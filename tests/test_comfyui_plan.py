@@ -158,3 +158,13 @@ def test_the_plan_button_sends_the_graph_and_shows_the_answer(comfy):
     lines = page({"status": status, "body": refused})["lines"]
     assert status == 403 and lines[0].startswith("plan: folder '/etc' is outside the folders") and len(lines) <= 8
     assert all(len(line) <= 60 for line in lines[:-1])   # wrapped to the node's width
+
+
+def test_a_listed_checkpoint_that_links_elsewhere_is_planned(comfy, tiny_checkpoint):
+    """Found in the real ComfyUI: a model folder of symlinks to a shared models folder is common;
+    a checkpoint ComfyUI lists is used wherever its link leads (a typed path still is not)."""
+    (comfy.folder("checkpoints") / "linked.safetensors").symlink_to(tiny_checkpoint)
+    status, plan = comfy.request("POST", ROUTE, body(checkpoint="linked.safetensors"))
+    assert status == 200 and plan["settings"]["family"] == "sd1", plan
+    status, answer = comfy.request("POST", ROUTE, body(checkpoint="linked.safetensors", options=f"dataset_config = {tiny_checkpoint}"))
+    assert status == 403 and "outside the folders" in answer["error"]

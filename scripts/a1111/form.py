@@ -183,15 +183,20 @@ def _blank(cell: Any) -> bool:
     return cell is None or (isinstance(cell, str) and not cell.strip()) or cell != cell   # NaN from an empty number cell
 
 
+def _blank_row(row: list[Any]) -> bool:
+    """No cell filled in: gradio (3.41 and 4.x) starts an empty row with 0 in its number cells."""
+    return all(_blank(cell) or (kind == "number" and cell == 0) for (_, _, kind), cell in zip(CONCEPT_COLUMNS, row))
+
+
 def table_concepts(table: Any) -> list[dict[str, Any]]:
     """The concepts table's rows (gradio's type="array": a list of rows) as `concepts`; blank
     rows are skipped, blank cells left to the run's own value, folders through the field's gate."""
     rows = table.get("data", []) if isinstance(table, dict) else (table or [])
     concepts = []
     for n, row in enumerate(rows, start=1):
-        cells = {key: cell for (_, key, _), cell in zip(CONCEPT_COLUMNS, row) if not _blank(cell)}
-        if not cells:
+        if _blank_row(row):
             continue
+        cells = {key: cell for (_, key, _), cell in zip(CONCEPT_COLUMNS, row) if not _blank(cell)}
         if "image_dir" not in cells:
             raise UserError(f"concepts table, row {n}: give the folder of this concept's images")
         cells["image_dir"] = str(typed_path(cells["image_dir"], f"concepts table, row {n}, image folder"))
