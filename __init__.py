@@ -27,5 +27,7 @@ def _use_bundled_core() -> None:
 async def comfy_entrypoint():
     _use_bundled_core()
     from .nodes import DreamBoothExtension
+    from .nodes.plan import register_route
 
+    register_route()   # POST /dreambooth/plan: a Train node's memory plan before it is queued
     return DreamBoothExtension()

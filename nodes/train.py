@@ -125,12 +125,14 @@ class TrainNode(io.ComfyNode):
 
     @classmethod
     def build_config(cls, checkpoint: str, dataset: TrainingImages | None, concept: Concept, preset: str, steps: int,
-                     learning_rate: float, resolution: int, seed: int, options: str, **method: Any) -> TrainConfig:
+                     learning_rate: float, resolution: int, seed: int, options: str, planning: bool = False,
+                     **method: Any) -> TrainConfig:
+        """The run's config; `planning` (the plan before queueing, nodes/plan.py) lets the images be unknown yet."""
         values: dict[str, Any] = {
             "method": cls.METHOD,
             "base_model": str(host.model_path("checkpoints", checkpoint)),
             "seed": seed,
-            **concept_settings(concept, dataset),
+            **concept_settings(concept, dataset, need_images=not planning),
             **cls.method_values(**method),
         }
         if steps > 0:
@@ -142,9 +144,11 @@ class TrainNode(io.ComfyNode):
         values.update(parse_options(options))
         if values.get("dataset_config"):
             values["dataset_config"] = str(host.input_path(values["dataset_config"], "dataset_config"))
-        config = check_client_limits(load_config(preset=preset, overrides=values))
+        config = check_client_limits(load_config(preset=preset, overrides=values, check_paths=not planning))
         for what, value in client_paths(config):   # the folders a dataset TOML names, too
-            if what != "output_dir":               # the runner puts every run under runs_root()
+            # the runner puts every run under runs_root(); the checkpoint is one of ComfyUI's own list,
+            # which may be a link to a models folder elsewhere (shared model folders often are)
+            if what not in ("output_dir", "base_model"):
                 host.input_path(value, what)
         if not config.eval_encoder:   # a CLIP / DINOv2 file in models/clip_vision measures the run (evaluate/)
             found = host.encoder_file()

@@ -84,9 +84,12 @@ class Concept:
         return {"image_dir": images.folder, "repeats": self.repeats, **entry}
 
 
-def concept_settings(concept: Concept, dataset: TrainingImages | None) -> dict[str, Any]:
-    """The TrainConfig values of a Concept chain and the Train node's dataset."""
+def concept_settings(concept: Concept, dataset: TrainingImages | None, need_images: bool = True) -> dict[str, Any]:
+    """The TrainConfig values of a Concept chain and the Train node's dataset (which a plan
+    made before queueing, `need_images=False`, may not know yet)."""
     if concept.single:
+        if dataset is None and not need_images:
+            return {"instance_data_dir": "", **concept.config_values()}
         if dataset is None:
             raise UserError("connect Load Training Images to the Train node's dataset (or to the Concept's images)")
         return {"instance_data_dir": dataset.folder, **concept.config_values()}

@@ -98,6 +98,9 @@ def test_the_concepts_table_is_a_common_subset_dataframe_that_starts_empty(webui
     assert table.parent.elem_id == "dbc_advanced" and table.kwargs["type"] == "array"
     assert table.kwargs["headers"] == ["image folder", "token", "class noun", "repeats", "prior loss weight"]
     assert config_of(webui, concepts_table=[["", "", "", None, None]]).concepts == []   # a blank row is no concept
+    # found in the real A1111 v1.10.1: both gradio versions start the table as one row of "" and 0 (numbers),
+    # and the page sends it as it is: the tab's untouched table is no concept (Train and Plan memory work)
+    assert table.value == [["", "", "", 0, 0]] and config_of(webui, concepts_table=table.value).concepts == []
 
 
 def test_table_rows_become_concepts(webui, tmp_path):

@@ -436,6 +436,9 @@ def test_plan_memory_shows_the_plan_before_train_and_loads_nothing(webui):
     shown = html.unescape(shown)
     assert shown.startswith('<pre class="dbc-plan">memory plan for lora on sd1') and "total" in shown and "fits: 6 GB yes" in shown
     assert webui.session.manager.list() == [] and webui.shared.sd_model.device == "cuda"
+    # found in the real A1111: a user plans before choosing photos (the plan needs none)
+    (early,) = event(webui, "dbc_plan", "click").run(*form_values(webui, checkpoint="tiny.safetensors", images_dir=""))
+    assert html.unescape(early).startswith('<pre class="dbc-plan">memory plan for lora on sd1'), early
     (refused,) = event(webui, "dbc_plan", "click").run(*form_values(webui))  # b"{}" is no checkpoint
     assert "dbc-error" in refused
 

@@ -19,12 +19,15 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Iterator, Mapping
+from typing import IO, TYPE_CHECKING, Iterator, Mapping
 
 from ..config import CONCEPT_PATH_KEYS, PATH_KEYS, TrainConfig
 from ..errors import UserError
 from ..events import Done, Error, Event, EventSink, Log, event_from_dict
 from .state import Job
+
+if TYPE_CHECKING:
+    from ..plan.memory import MemoryPlan
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]   # the folder that holds dreambooth_core/
 STDERR_TAIL = 20
@@ -70,26 +73,34 @@ def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def plan_in_worker(config: TrainConfig, python: str = sys.executable, timeout: float = 300) -> str:
-    """The run's memory plan as the worker Python computes it (`dreambooth-core plan --here`):
-    a host's own Python may lack the libraries that build the model tree, and the worker's
-    device is the one the run will use."""
+def plan_in_worker(config: TrainConfig, python: str = sys.executable, timeout: float = 300,
+                   hint: str = SETTINGS_HINT) -> "MemoryPlan":
+    """The run's memory plan as the worker Python computes it (`dreambooth-core plan --here
+    --json`): a host's own Python may lack the libraries that build the model tree, and the
+    worker's device is the one the run will use. No weights are loaded (headers only).
+    `hint` says how to give the host a working Python."""
     import tempfile
+
+    from ..plan.memory import MemoryPlan
 
     with tempfile.TemporaryDirectory(prefix="dreambooth-plan-") as tmp:
         file = Path(tmp) / "config.json"
         file.write_text(config_payload(config), encoding="utf-8")
         try:
-            done = subprocess.run([python, "-m", "dreambooth_core", "plan", str(file), "--here"], capture_output=True,
+            done = subprocess.run([python, "-m", "dreambooth_core", "plan", str(file), "--here", "--json"], capture_output=True,
                                   text=True, env=worker_env(), timeout=timeout, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UserError(f"the memory plan could not be made with {python} ({exc}); {SETTINGS_HINT}") from None
+            raise UserError(f"the memory plan could not be made with {python} ({exc}); {hint}") from None
     if done.returncode != 0:
         said = [line for line in done.stderr.splitlines() if line.strip()]
         raise UserError((said[-1].removeprefix("error: ") if said else f"the worker ({python}) could not plan this run")
                         if done.returncode == 1 else f"the worker ({python}) could not plan this run: "
-                        f"{said[-1] if said else 'no output'}; {SETTINGS_HINT}")
-    return done.stdout.strip()
+                        f"{said[-1] if said else 'no output'}; {hint}")
+    try:
+        return MemoryPlan.from_dict(json.loads(done.stdout))
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"the worker ({python}) answered the plan with something else: {done.stdout.strip()[-200:]!r}; "
+                        f"{hint}") from None
 
 
 def parse_event_line(line: str) -> Event | None:

@@ -50,6 +50,12 @@ class MemoryPlan:
                 "device": self.device, "choices": list(self.choices), "preview_bytes": self.preview_bytes,
                 "fits": {str(gb): self.fits(gb) for gb in CARD_SIZES_GB}}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MemoryPlan":
+        """The plan `to_dict` wrote (e.g. `dreambooth-core plan --json` in another Python)."""
+        return cls(parts={k: int(v) for k, v in data["parts"].items()}, settings=dict(data["settings"]), device=data["device"],
+                   choices=list(data.get("choices", [])), preview_bytes=int(data.get("preview_bytes", 0)))
+
     def describe(self) -> str:
         s = self.settings
         lines = [f"memory plan for {s['method']} on {s['family']} at {s['resolution']} px, batch {s['train_batch_size']} ({self.device}):"]

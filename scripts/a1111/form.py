@@ -183,15 +183,20 @@ def _blank(cell: Any) -> bool:
     return cell is None or (isinstance(cell, str) and not cell.strip()) or cell != cell   # NaN from an empty number cell
 
 
+def _blank_row(row: list[Any]) -> bool:
+    """No cell filled in: gradio (3.41 and 4.x) starts an empty row with 0 in its number cells."""
+    return all(_blank(cell) or (kind == "number" and cell == 0) for (_, _, kind), cell in zip(CONCEPT_COLUMNS, row))
+
+
 def table_concepts(table: Any) -> list[dict[str, Any]]:
     """The concepts table's rows (gradio's type="array": a list of rows) as `concepts`; blank
     rows are skipped, blank cells left to the run's own value, folders through the field's gate."""
     rows = table.get("data", []) if isinstance(table, dict) else (table or [])
     concepts = []
     for n, row in enumerate(rows, start=1):
-        cells = {key: cell for (_, key, _), cell in zip(CONCEPT_COLUMNS, row) if not _blank(cell)}
-        if not cells:
+        if _blank_row(row):
             continue
+        cells = {key: cell for (_, key, _), cell in zip(CONCEPT_COLUMNS, row) if not _blank(cell)}
         if "image_dir" not in cells:
             raise UserError(f"concepts table, row {n}: give the folder of this concept's images")
         cells["image_dir"] = str(typed_path(cells["image_dir"], f"concepts table, row {n}, image folder"))
@@ -242,7 +247,8 @@ def instance_images(form: Form, runs: Path) -> Path:
 
 def build_config(form: Form, resume: bool = False, check_folder: bool = True) -> TrainConfig:
     """The validated config the form describes; UserError (one sentence) on bad input.
-    `check_folder=False` (planning) skips the run-folder checks of Train and Resume."""
+    `check_folder=False` (planning) skips the run-folder checks of Train and Resume, and
+    needs no photos yet (they only add their cache to a CPU plan)."""
     v = form.values
     method = METHODS.get(v.get("method") or "")
     if method is None:
@@ -279,11 +285,13 @@ def build_config(form: Form, resume: bool = False, check_folder: bool = True) ->
     if named and (form.text("images_dir") or v.get("uploads")):
         raise UserError(f"the {named} in Advanced name the images, so the instance images would be left out: "
                         "clear the folder field (or the uploads), or add that folder as a concept")
+    photos_later = not check_folder and not (form.text("images_dir") or v.get("uploads"))
     if not named and "instance_data_dir" not in settings:
-        overrides["instance_data_dir"] = str(instance_images(form, runs))
+        overrides["instance_data_dir"] = "" if photos_later else str(instance_images(form, runs))
     if resume:
         overrides["resume_from"] = "latest"
-    config = check_client_limits(load_config(preset=preset, overrides=overrides))
+    config = check_client_limits(load_config(preset=preset, overrides=overrides,
+                                             check_paths=not (photos_later and not overrides.get("instance_data_dir"))))
     for what, value in client_paths(config):   # also the folders a dataset TOML names
         typed_path(value, what)
     if check_folder:

@@ -71,10 +71,10 @@ def plan(*values: Any) -> str:
     from dreambooth_core.jobs.worker import plan_in_worker
 
     try:
-        text = plan_in_worker(form.build_config(form.Form.from_args(values), check_folder=False), host.worker_python())
+        plan = plan_in_worker(form.build_config(form.Form.from_args(values), check_folder=False), host.worker_python())
     except UserError as exc:
         return render.message_html(str(exc))
-    return render.plan_html(text)
+    return render.plan_html(plan.describe())
 
 
 def train(*values: Any) -> tuple:

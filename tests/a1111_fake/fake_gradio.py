@@ -218,6 +218,21 @@ class Dataframe(_Control):
         if stray:
             raise ValueError(f"gr.Dataframe: datatype {stray} is not one both versions know; stay with {self.datatypes}")
 
+    # what both versions fill an empty table's rows with, per datatype (their `empty_input`)
+    EMPTY_CELLS = {"str": "", "number": 0, "bool": False, "date": "01/01/1970", "markdown": ""}
+
+    @property
+    def value(self) -> Any:
+        """Without a value, both versions start with row_count rows of empty cells: "" for text but
+        0 for a number (seen in the real A1111 v1.10.1 /config: [["", "", "", 0, 0]])."""
+        if "value" in self.kwargs:
+            return self.kwargs["value"]
+        rows = self.kwargs.get("row_count", 1)
+        cols = self.kwargs.get("col_count", len(self.kwargs.get("headers") or []) or 3)
+        given = self.kwargs.get("datatype", "str")
+        kinds = [given] * (cols[0] if isinstance(cols, tuple) else cols) if isinstance(given, str) else given
+        return [[self.EMPTY_CELLS[k] for k in kinds] for _ in range(rows[0] if isinstance(rows, tuple) else rows)]
+
 
 class State(_Control):
     pass

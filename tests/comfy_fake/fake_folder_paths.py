@@ -3,13 +3,15 @@
 Host facts modelled: each model kind has a list of folders, the first being where new
 files belong; a kind's file list holds paths relative to its folder, found recursively,
 limited to model-file extensions, sorted, and current on every call (a file written a
-moment ago is listed); `get_full_path` answers None for a name that is not there; the
+moment ago is listed); `get_full_path` answers None for a name that is not there and
+follows a listed symlink wherever it leads; the
 input, output and temp directories; `get_save_image_path` and its file counter.
 The real module takes its base folder from the command line; here the test-only
 `reset(base)` builds a fresh ComfyUI tree under `base`.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -50,17 +52,15 @@ def get_folder_paths(folder_name: str) -> list[str]:
     return [str(p) for p in _kinds[folder_name]]
 
 
-def _inside(folder: Path, name: str) -> Path | None:
-    """`folder/name`, or None when `name` would lead out of `folder`."""
-    candidate = (folder / name).resolve()
-    return candidate if candidate.is_relative_to(folder.resolve()) else None
-
-
 def get_full_path(folder_name: str, filename: str) -> str | None:
+    """As ComfyUI: the name is made relative to "/" first (so `..` cannot climb out of the
+    folder), then `folder/name` if it is a file - a symlink to a file elsewhere included (the
+    path is returned as joined, not resolved; ComfyUI 0.3.64 `folder_paths.get_full_path`)."""
+    name = os.path.relpath(os.path.join("/", filename), "/")
     for folder in _kinds.get(folder_name, []):
-        candidate = _inside(folder, filename)
-        if candidate is not None and candidate.is_file():
-            return str(candidate)
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            return candidate
     return None
 
 

@@ -44,6 +44,9 @@ class Input:
             setattr(self, name, value)
         self.options_given = {k: v for k, v in options.items() if v is not None}
 
+    def get_io_type(self) -> str:
+        return self.io_type
+
 
 class Output:
     """One output socket."""

@@ -30,6 +30,8 @@ COMFY_MODULES = {
     "comfy_execution.graph_utils": "fake_graph_utils.py",
     "comfy_extras": None,
     "comfy_extras.nodes_hypernetwork": "fake_hypernetwork_patch.py",
+    "aiohttp": None,
+    "aiohttp.web": "fake_aiohttp_web.py",
 }
 
 
@@ -95,6 +97,19 @@ class Host:
         fn = cls.validate_inputs
         wanted = inspect.getfullargspec(fn).args
         return fn(**{k: v for k, v in inputs.items() if k in wanted})
+
+    def request(self, method: str, path: str, body: object) -> tuple[int, Any]:
+        """A request to a route a node pack added to the server, as ComfyUI serves it (also
+        under /api); `body` is sent as JSON unless it is already text. (status, parsed JSON)."""
+        import json
+
+        from aiohttp import web
+
+        routes = {(r.method, p): r.handler for r in self.server.routes for p in (r.path, "/api" + r.path)}
+        handler = routes[(method, path)]
+        text = body if isinstance(body, str) else json.dumps(body)
+        response = asyncio.run(handler(web.Request(method, path, text)))
+        return response.status, json.loads(response.text)
 
     def interrupt(self) -> None:
         """What POST /interrupt does."""
