@@ -44,9 +44,9 @@ COMMON: dict[str, Any] = dict(
     guidance_scale=GUIDANCE, class_inference_steps=SAMPLE_STEPS, class_guidance_scale=GUIDANCE,
     checkpointing_steps=0, seed=0, random_flip=False,
     # the evaluation layer draws a few images at a few points of each run (cheap: the demo stays
-    # within minutes) and publishes the best step within its bounds; the demo then scores the
-    # published file on more samples (below)
-    eval_images=2, select_best=True,
+    # within minutes) for its curves and the step select_best would choose; the demo scores the
+    # published file (the last step's) on more samples (below)
+    eval_images=2,
 )
 EVAL_POINTS = 4   # evaluations per run besides step 0
 
@@ -135,7 +135,7 @@ class MethodRun:
     seconds: float
     seconds_per_step: float    # training steps alone (no class images, caching or saving)
     curve: list[dict[str, float]] = field(default_factory=list)   # the evaluation layer's rows: step and measures
-    published_step: int | None = None   # the step select_best published (None: the last)
+    best_step: int | None = None   # the step select_best chooses (published only with select_best)
 
 
 def train_and_score(method: DemoMethod, out: Path, steps_scale: float = 1.0, emit: "EventSink | None" = None) -> MethodRun:
@@ -157,16 +157,14 @@ def train_and_score(method: DemoMethod, out: Path, steps_scale: float = 1.0, emi
             emit(event)
 
     started = time.monotonic()
-    config = demo_config(method, out, steps_scale)
-    result = run_training(config, watch, CancelToken())
+    result = run_training(demo_config(method, out, steps_scale), watch, CancelToken())
     seconds = time.monotonic() - started
     artifact = result.outputs[0]
     model = apply_artifact(load_toy_model(), artifact.kind, artifact.path, token=TOKEN)
     per_step = ((steps[-1].elapsed_seconds - steps[0].elapsed_seconds) / (steps[-1].step - steps[0].step)
                 if len(steps) > 1 and steps[-1].step > steps[0].step else float("nan"))
     curve = [{"step": e.step, **e.scores} for e in evaluations]
-    published = evaluations[-1].best_step if config.select_best and evaluations else None
-    return MethodRun(result, evaluate(model), seconds, per_step, curve, published)
+    return MethodRun(result, evaluate(model), seconds, per_step, curve, evaluations[-1].best_step if evaluations else None)
 
 
 def run_demo(
@@ -249,12 +247,12 @@ def _collect(result, out: Path) -> None:
 
 
 def curve_table(run: "MethodRun") -> str:
-    """The run's evaluation curve as a Markdown table, the published step marked."""
+    """The run's evaluation curve as a Markdown table, the step select_best chooses marked."""
     from .toy.evaluator import format_table
 
     if not run.curve:
         return "(no evaluation curve)"
-    return format_table({f"step {r['step']}" + (" (published)" if r["step"] == run.published_step else ""):
+    return format_table({f"step {r['step']}" + (" (best)" if r["step"] == run.best_step else ""):
                          {k.replace("_", " "): v for k, v in r.items() if k != "step"} for r in run.curve})
 
 
