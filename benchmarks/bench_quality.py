@@ -34,18 +34,37 @@ TARGETS: dict[str, dict[str, float | str]] = {
 }
 
 
-def train(label: str, seed: int, out: Path, images: int, points: int, steps_scale: float) -> tuple[list[dict], dict]:
-    """One run with evaluation every max_train_steps / points steps: (curve rows, selected row)."""
+def config(label: str, seed: int, out: Path, images: int, points: int, steps_scale: float):
+    """The demo method's config with evaluation every max_train_steps / points steps and select_best."""
     from dreambooth_core import demo
-    from dreambooth_core.evaluate.select import Bounds, choose_best
-    from dreambooth_core.events import CancelToken, Evaluation
-    from dreambooth_core.train import run_training
 
     base = demo.DEMO_METHODS[label]
     steps = max(1, round(base.overrides["max_train_steps"] * steps_scale))
     method = dataclasses.replace(base, overrides={**base.overrides, "seed": seed, "eval_images": images,
                                                   "eval_every_n_steps": max(1, steps // points), "select_best": True})
-    cfg = demo.demo_config(method, out, steps_scale)
+    return demo.demo_config(method, out, steps_scale)
+
+
+def base_scores(cfg) -> dict:
+    """The untrained toy model on the same evaluation set (a run's step 0 is not it for Textual
+    Inversion, whose new token starts as the class word)."""
+    from dreambooth_core.evaluate.evalset import draw_set
+    from dreambooth_core.evaluate.scorers import ToyScorer
+    from dreambooth_core.evaluate.session import evalset_for
+    from dreambooth_core.toy.model import load_toy_model
+
+    scorer = ToyScorer()
+    s = evalset_for(cfg, scorer, cfg.resolution)
+    images = draw_set(load_toy_model(), s)
+    return {"step": 0, **scorer.score(s, images, images.plain, [])}
+
+
+def train(cfg) -> tuple[list[dict], dict]:
+    """One run: (curve rows, the row select_best chooses, else the last)."""
+    from dreambooth_core.evaluate.select import Bounds, choose_best
+    from dreambooth_core.events import CancelToken, Evaluation
+    from dreambooth_core.train import run_training
+
     rows: list[dict] = []
     run_training(cfg, lambda e: rows.append({"step": e.step, **e.scores}) if isinstance(e, Evaluation) else None,
                  CancelToken())
@@ -74,8 +93,6 @@ def met(label: str, rows: list[dict], base: dict) -> str:
 
 
 def main() -> None:
-    from dreambooth_core import demo
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--methods", default="dreambooth,lora,textual_inversion,hypernetwork")
     ap.add_argument("--seeds", default="0,1,2")
@@ -92,8 +109,9 @@ def main() -> None:
         results[label] = {"fixed": [], "selected": []}
         for seed in seeds:
             started = time.monotonic()
-            rows, best = train(label, seed, out / f"{label}_{seed}", a.images, a.points, a.steps_scale)
-            base = base or rows[0]
+            cfg = config(label, seed, out / f"{label}_{seed}", a.images, a.points, a.steps_scale)
+            base = base or base_scores(cfg)
+            rows, best = train(cfg)
             results[label]["fixed"].append(rows[-1])
             results[label]["selected"].append(best)
             print(f"{label} seed {seed} ({time.monotonic() - started:.0f} s): fixed step {rows[-1]['step']}, "
