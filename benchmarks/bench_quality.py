@@ -120,17 +120,21 @@ def main() -> None:
     assert base is not None
     print(f"\n{len(seeds)} seeds ({a.seeds}), {a.images} images per prompt, {a.points} evaluations per run, "
           f"steps x{a.steps_scale}; mean ± s.d.\n")
-    print("| method | step | " + " | ".join(HEADERS) + " | targets met |")
-    print("|---|---|" + "---|" * len(HEADERS) + "---|")
-    print("| base (untrained) | 0 | " + " | ".join(f"{base[m]:.3f}" for m in MEASURES) + " | |")
+    print(table(results, base))
+
+
+def table(results: dict[str, dict[str, list[dict]]], base: dict) -> str:
+    """Markdown: the base, then per method its targets and its fixed and selected rows."""
+    lines = ["| method | step | " + " | ".join(HEADERS) + " | targets met |", "|---|---|" + "---|" * len(HEADERS) + "---|",
+             "| base (untrained) | 0 | " + " | ".join(f"{base[m]:.3f}" for m in MEASURES) + " | |"]
     for label, runs in results.items():
         if label in TARGETS:
-            print(f"| {label}: target | | " + " | ".join(target_cell(label, m, base) for m in MEASURES) + " | |")
+            lines.append(f"| {label}: target | | " + " | ".join(target_cell(label, m, base) for m in MEASURES) + " | |")
         for kind, rows in runs.items():
             steps = "/".join(str(int(r["step"])) for r in rows)
-            print(f"| {label}: {kind} | {steps} | " + " | ".join(cell([r[m] for r in rows]) for m in MEASURES)
-                  + f" | {met(label, rows, base)} |")
-
+            lines.append(f"| {label}: {kind} | {steps} | " + " | ".join(cell([r[m] for r in rows]) for m in MEASURES)
+                         + f" | {met(label, rows, base)} |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()
