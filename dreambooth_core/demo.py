@@ -212,7 +212,6 @@ def run_demo(
     (out / "scores.md").write_text(
         text + "\n\n" + "\n".join(f"- {k}: trained in {v:.0f} s" for k, v in timings.items()) + "\n", encoding="utf-8"
     )
-    say("\n" + text)
     say(f"Images: {out / 'before_after.png'}; evaluation curves: {out}/eval_*.png; files for A1111/ComfyUI: "
         f"{out / 'models'}; scores: {out / 'scores.md'}")
     return table
@@ -233,7 +232,7 @@ def _environ(name: str, value: str):
 
 
 def _collect(result, out: Path) -> None:
-    """Copy the run's host files into out/models/<A1111 folder>/ and its loss plot beside them."""
+    """Copy the run's host files into out/models/<A1111 folder>/ and its loss and evaluation plots beside them."""
     from .registry import KINDS
 
     for artifact in result.outputs:
@@ -242,7 +241,9 @@ def _collect(result, out: Path) -> None:
             dest = out / "models" / folder
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(artifact.path, dest / Path(artifact.path).name)
-        elif artifact.kind in ("loss_plot", "eval_plot"):
+    # the plots are announced as they are redrawn (not final): the file holds the whole run
+    for artifact in result.artifacts:
+        if artifact.kind in ("loss_plot", "eval_plot") and Path(artifact.path).is_file():
             shutil.copyfile(artifact.path, out / f"{artifact.kind.split('_')[0]}_{Path(result.run_dir).name}.png")
 
 
