@@ -43,8 +43,12 @@ COMMON: dict[str, Any] = dict(
     validation_steps=0, num_validation_images=2, validation_inference_steps=SAMPLE_STEPS,
     guidance_scale=GUIDANCE, class_inference_steps=SAMPLE_STEPS, class_guidance_scale=GUIDANCE,
     checkpointing_steps=0, seed=0, random_flip=False,
-    eval_every_n_steps=0,   # the demo scores each result once at the end (below); curves during training: set it
+    # the evaluation layer draws a few images at a few points of each run (cheap: the demo stays
+    # within minutes) for its curves and the step select_best would choose; the demo scores the
+    # published file (the last step's) on more samples (below)
+    eval_images=2,
 )
+EVAL_POINTS = 4   # evaluations per run besides step 0
 
 
 @dataclass
@@ -77,7 +81,8 @@ class Evaluation:
 
 
 def evaluate(model: "BaseModel") -> Evaluation:
-    """Sample the three demo prompts with fixed seeds and score them."""
+    """Sample the three demo prompts and the toy world's control prompts with fixed seeds and score them."""
+    from .evaluate.scorers import TOY_CONTROLS, toy_prompt_control
     from .sample import generate
     from .toy import evaluator
 
@@ -91,6 +96,7 @@ def evaluate(model: "BaseModel") -> Evaluation:
         "prompt fidelity": evaluator.prompt_fidelity(recontext, background="blue"),
         "prior preservation": evaluator.prior_preservation(plain),
         "class diversity": evaluator.diversity(plain),
+        "prompt control": toy_prompt_control([sample(p) for p in TOY_CONTROLS], list(TOY_CONTROLS)),
     }
     return Evaluation(scores, subject, recontext, plain)
 
@@ -101,6 +107,7 @@ def demo_config(method: DemoMethod, out: Path, steps_scale: float = 1.0):
 
     overrides = {**COMMON, **method.overrides}
     overrides["max_train_steps"] = max(1, round(overrides["max_train_steps"] * steps_scale))
+    overrides.setdefault("eval_every_n_steps", max(1, overrides["max_train_steps"] // EVAL_POINTS))
     overrides.update(
         base_model=str(TOY_MODEL_PATH), instance_data_dir=str(TOY_INSTANCE_DIR),
         output_dir=str(out / "runs"), output_name=f"{TOKEN}_{CLASS_NOUN}_{method.label}",
@@ -127,20 +134,25 @@ class MethodRun:
     evaluation: Evaluation
     seconds: float
     seconds_per_step: float    # training steps alone (no class images, caching or saving)
+    curve: list[dict[str, float]] = field(default_factory=list)   # the evaluation layer's rows: step and measures
+    best_step: int | None = None   # the step select_best chooses (published only with select_best)
 
 
 def train_and_score(method: DemoMethod, out: Path, steps_scale: float = 1.0, emit: "EventSink | None" = None) -> MethodRun:
     """Train `method`, load its first output into a fresh toy model the way a host would, and score it."""
     from .apply import apply_artifact
-    from .events import CancelToken, Progress
+    from .events import CancelToken, Evaluation, Progress
     from .toy.model import load_toy_model
     from .train import run_training
 
     steps: list["Progress"] = []
+    evaluations: list["Evaluation"] = []
 
     def watch(event: "Event") -> None:
         if isinstance(event, Progress) and event.phase == "train" and event.elapsed_seconds is not None:
             steps.append(event)
+        if isinstance(event, Evaluation):
+            evaluations.append(event)
         if emit is not None:
             emit(event)
 
@@ -151,7 +163,8 @@ def train_and_score(method: DemoMethod, out: Path, steps_scale: float = 1.0, emi
     model = apply_artifact(load_toy_model(), artifact.kind, artifact.path, token=TOKEN)
     per_step = ((steps[-1].elapsed_seconds - steps[0].elapsed_seconds) / (steps[-1].step - steps[0].step)
                 if len(steps) > 1 and steps[-1].step > steps[0].step else float("nan"))
-    return MethodRun(result, evaluate(model), seconds, per_step)
+    curve = [{"step": e.step, **e.scores} for e in evaluations]
+    return MethodRun(result, evaluate(model), seconds, per_step, curve, evaluations[-1].best_step if evaluations else None)
 
 
 def run_demo(
@@ -192,13 +205,15 @@ def run_demo(
             rows[label], timings[label] = run.evaluation, run.seconds
             _collect(run.result, out)
             say(f"{label}: trained in {run.seconds:.0f} s ({run.seconds_per_step:.2f} s/step), wrote {run.result.outputs[0].path}")
+            say(curve_table(run))
     table = {name: ev.scores for name, ev in rows.items()}
     _before_after(rows, out / "before_after.png")
     text = evaluator.format_table(table)
     (out / "scores.md").write_text(
         text + "\n\n" + "\n".join(f"- {k}: trained in {v:.0f} s" for k, v in timings.items()) + "\n", encoding="utf-8"
     )
-    say(f"Images: {out / 'before_after.png'}; files for A1111/ComfyUI: {out / 'models'}; scores: {out / 'scores.md'}")
+    say(f"Images: {out / 'before_after.png'}; evaluation curves: {out}/eval_*.png; files for A1111/ComfyUI: "
+        f"{out / 'models'}; scores: {out / 'scores.md'}")
     return table
 
 
@@ -217,7 +232,7 @@ def _environ(name: str, value: str):
 
 
 def _collect(result, out: Path) -> None:
-    """Copy the run's host files into out/models/<A1111 folder>/ and its loss plot beside them."""
+    """Copy the run's host files into out/models/<A1111 folder>/ and its loss and evaluation plots beside them."""
     from .registry import KINDS
 
     for artifact in result.outputs:
@@ -226,8 +241,20 @@ def _collect(result, out: Path) -> None:
             dest = out / "models" / folder
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(artifact.path, dest / Path(artifact.path).name)
-        elif artifact.kind == "loss_plot":
-            shutil.copyfile(artifact.path, out / f"loss_{Path(result.run_dir).name}.png")
+    # the plots are announced as they are redrawn (not final): the file holds the whole run
+    for artifact in result.artifacts:
+        if artifact.kind in ("loss_plot", "eval_plot") and Path(artifact.path).is_file():
+            shutil.copyfile(artifact.path, out / f"{artifact.kind.split('_')[0]}_{Path(result.run_dir).name}.png")
+
+
+def curve_table(run: "MethodRun") -> str:
+    """The run's evaluation curve as a Markdown table, the step select_best chooses marked."""
+    from .toy.evaluator import format_table
+
+    if not run.curve:
+        return "(no evaluation curve)"
+    return format_table({f"step {r['step']}" + (" (best)" if r["step"] == run.best_step else ""):
+                         {k.replace("_", " "): v for k, v in r.items() if k != "step"} for r in run.curve})
 
 
 def _before_after(rows: dict[str, Evaluation], path: Path, scale: int = 2) -> None:

@@ -79,7 +79,7 @@ def evaluate_artifact(artifact: str | Path, base: str | Path, instance_dir: str 
                         "(e.g. one from ComfyUI's models/clip_vision)")
     model = load_base_model(base)
     evalset = EvalSet.build(f"a photo of {token} {class_noun}", f"a photo of {class_noun}", token, scorer.contexts,
-                            images_per_prompt=images, seed=seed, steps=steps, guidance_scale=guidance_scale,
+                            scorer.controls, images_per_prompt=images, seed=seed, steps=steps, guidance_scale=guidance_scale,
                             sampler=sampler, resolution=resolution or native_resolution(model))
     with tempfile.TemporaryDirectory() as folder:
         session = Session.start(scorer, evalset, instance_dir, Path(folder), model, model_id=str(base))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ..fileio import write_bytes_atomic, write_text_atomic
 
-MEASURES = ("subject_fidelity", "prompt_fidelity", "prior_drift", "diversity", "prior_preservation")
+MEASURES = ("subject_fidelity", "prompt_fidelity", "prior_drift", "diversity", "prior_preservation", "prompt_control")
 COLUMNS = ("step", *MEASURES)
 COLOURS = {"subject_fidelity": (20, 60, 160), "prompt_fidelity": (30, 140, 60), "prior_drift": (200, 40, 40),
-           "diversity": (150, 40, 190), "prior_preservation": (230, 140, 0)}
+           "diversity": (150, 40, 190), "prior_preservation": (230, 140, 0), "prompt_control": (0, 150, 150)}
 
 
 def read_rows(path: Path) -> list[dict[str, float]]:

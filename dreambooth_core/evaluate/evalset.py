@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -27,6 +27,7 @@ class EvalSet:
     contexts: tuple[str, ...]     # the subject in new contexts: "a photo of zwx dog on the beach"
     context_texts: tuple[str, ...]  # what each context image is compared with: the prompt without the token
     plain: str                    # the class prompt: "a photo of dog"
+    controls: tuple[str, ...] = ()  # prompts without the token whose every attribute should be drawn (general prompt control)
     images_per_prompt: int = DEFAULT_IMAGES
     seed: int = EVAL_SEED
     steps: int = 25
@@ -36,16 +37,17 @@ class EvalSet:
     negative_prompt: str = ""
 
     @classmethod
-    def build(cls, subject: str, plain: str, token: str, phrases: Sequence[str], **settings) -> "EvalSet":
+    def build(cls, subject: str, plain: str, token: str, phrases: Sequence[str], controls: Sequence[str] = (),
+              **settings) -> "EvalSet":
         """Contexts are `subject` + each phrase; their texts drop the token (the encoder does not know it)."""
         contexts = tuple(f"{subject} {p}" for p in phrases)
         texts = tuple(" ".join(w for w in c.split() if w != token) for c in contexts)
-        return cls(subject, contexts, texts, plain, **settings)
+        return cls(subject, contexts, texts, plain, tuple(controls), **settings)
 
     def key(self, model_id: str) -> str:
         """What the base model's class images depend on: they are reused while it stays the same."""
         data = json.dumps({"model": model_id, "plain": self.plain, **{k: v for k, v in asdict(self).items()
-                           if k not in ("subject", "contexts", "context_texts", "plain")}}, sort_keys=True)
+                           if k not in ("subject", "contexts", "context_texts", "plain", "controls")}}, sort_keys=True)
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -54,6 +56,7 @@ class EvalImages:
     subject: list["Image.Image"]
     contexts: list[list["Image.Image"]]   # one list per context prompt
     plain: list["Image.Image"]
+    controls: list[list["Image.Image"]] = field(default_factory=list)   # one list per control prompt
 
 
 def _draw(model: "BaseModel", s: EvalSet, prompt: str, autocast) -> list["Image.Image"]:
@@ -68,7 +71,8 @@ def draw_set(model: "BaseModel", s: EvalSet, transform: Callable[[str], str] = s
     """Every image of the set; `transform` is the method's prompt rewrite (Textual Inversion's tokens)."""
     return EvalImages(_draw(model, s, transform(s.subject), autocast),
                       [_draw(model, s, transform(c), autocast) for c in s.contexts],
-                      _draw(model, s, transform(s.plain), autocast))
+                      _draw(model, s, transform(s.plain), autocast),
+                      [_draw(model, s, transform(c), autocast) for c in s.controls])
 
 
 def base_class_images(model: "BaseModel", s: EvalSet, folder: Path, model_id: str, autocast=nullcontext) -> list["Image.Image"]:

@@ -3,7 +3,7 @@ an encoder's embeddings (CLIP, DINOv2), or the toy world's exact analytic evalua
 
 Every scorer returns a dict with `subject_fidelity`, `prior_drift` and `diversity` (of the
 plain-class images), and `prompt_fidelity` when it can judge text (a CLIP file with its text
-tower, or the toy world); the toy scorer adds `prior_preservation`.
+tower, or the toy world); the toy scorer adds `prior_preservation` and `prompt_control`.
 """
 from __future__ import annotations
 
@@ -22,11 +22,29 @@ if TYPE_CHECKING:
 DEFAULT_CONTEXTS = ("on the beach", "in the snow", "on a blue background")
 # the toy world's unseen backgrounds (its instance photos sit on gray, white and black)
 TOY_CONTEXTS = {"on a blue background": "blue", "on a green background": "green"}
+# the toy world's control prompts (general prompt control: language drift beyond the class):
+# prompt -> (colour, class, background), each of which should be drawn
+TOY_CONTROLS = {
+    "a photo of a red ball on a green background": ("red", "ball", "green"),
+    "a photo of a yellow box on a blue background": ("yellow", "box", "blue"),
+    "a photo of a purple tent on a white background": ("purple", "tent", "white"),
+    "a photo of a white ring on a black background": ("white", "ring", "black"),
+}
+
+
+def toy_prompt_control(groups: Sequence[Sequence["Image.Image"]], prompts: Sequence[str]) -> float:
+    """Mean share of what each control prompt asked for (colour, class, background) that its images show."""
+    from ..toy import evaluator
+
+    scores = [evaluator.prompt_fidelity(group, TOY_CONTROLS[p][2], color=TOY_CONTROLS[p][0], cls=TOY_CONTROLS[p][1])
+              for p, group in zip(prompts, groups)]
+    return sum(scores) / len(scores)
 
 
 class Scorer(Protocol):
     name: str
     contexts: tuple[str, ...]   # the context phrases it can judge
+    controls: tuple[str, ...]   # plain prompts whose attributes it can judge (general prompt control)
 
     def score(self, s: "EvalSet", images: "EvalImages", base_class: Sequence["Image.Image"],
               instance: Sequence["Image.Image"]) -> dict[str, float]: ...
@@ -36,6 +54,7 @@ class Scorer(Protocol):
 class EncoderScorer:
     encoder: "Encoder"
     contexts: tuple[str, ...] = DEFAULT_CONTEXTS
+    controls: tuple[str, ...] = ()
     _instance: Any = field(default=None, repr=False)   # the photos' embeddings, computed once
     _base: Any = field(default=None, repr=False)
 
@@ -64,6 +83,7 @@ class ToyScorer:
 
     name: str = "toy world"
     contexts: tuple[str, ...] = tuple(TOY_CONTEXTS)
+    controls: tuple[str, ...] = tuple(TOY_CONTROLS)
 
     def score(self, s, images, base_class, instance) -> dict[str, float]:
         from ..toy import evaluator
@@ -77,4 +97,6 @@ class ToyScorer:
         scores["prior_drift"] = evaluator.prior_preservation(base_class) - preserved
         scores["diversity"] = evaluator.diversity(images.plain)
         scores["prior_preservation"] = preserved
+        if images.controls:
+            scores["prompt_control"] = toy_prompt_control(images.controls, s.controls)
         return scores

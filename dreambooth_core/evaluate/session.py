@@ -56,7 +56,7 @@ def find_scorer(encoder: str, base_model: str = "", model_name: str = "") -> Sco
 
 def evalset_for(cfg: "TrainConfig", scorer: Scorer, resolution: int) -> EvalSet:
     return EvalSet.build(cfg.instance_prompt_text, cfg.class_prompt_text, cfg.token, scorer.contexts,
-                         images_per_prompt=cfg.eval_images, steps=cfg.validation_inference_steps,
+                         scorer.controls, images_per_prompt=cfg.eval_images, steps=cfg.validation_inference_steps,
                          guidance_scale=cfg.guidance_scale, sampler=cfg.validation_scheduler,
                          resolution=resolution, negative_prompt=cfg.negative_prompt)
 
