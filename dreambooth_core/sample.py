@@ -108,19 +108,27 @@ def generate(
 def prompt_inputs(model: "BaseModel", pipe, prompts: list[str], negative_prompt: str,
                   encoding: "TextEncoding | None") -> dict[str, Any] | None:
     """The pipeline's prompt_embeds arguments when `encoding` differs from the pipeline's own
-    (a prompt over 75 tokens, clip skip, or A1111 emphasis or BREAK it reads); None otherwise.
+    (a prompt over 75 tokens, clip skip, or A1111 emphasis or BREAK it reads) or a prompt
+    holds a multi-vector embedding's token; None otherwise.
     Prompt and negative prompt are encoded as one batch, so the shorter is padded with empty
     chunks as A1111 pads them."""
     from .data.long_prompts import chunk_size, is_plain, token_count
-    from .train.prompts import encode_prompts
+    from .formats.embeddings import expand_added_tokens
+    from .train.prompts import TextEncoding, encode_prompts
 
     tok = model.tokenizers[0]
-    texts = [*prompts, negative_prompt]
-    if encoding is None:
+    asked = [*prompts, negative_prompt]
+    texts = [expand_added_tokens(tok, p) for p in asked]
+    # a multi-vector embedding's token is written out here, once, and encoded here: the
+    # pipeline's own rewrite would expand it again inside an already written-out prompt
+    multi = any(pipe.maybe_convert_prompt(p, tok) != p for p in asked)
+    if encoding is None and not multi:
         return None
+    encoding = encoding or TextEncoding()
+    prompts, negative_prompt = texts[:-1], texts[-1]
     fits = all(token_count(tok, p) <= chunk_size(tok) for p in texts)
     weighted = encoding.emphasis and not all(map(is_plain, texts))
-    if encoding.clip_skip == 1 and fits and not weighted:
+    if encoding.clip_skip == 1 and fits and not weighted and not multi:
         return None
     both = encode_prompts(model, [*prompts, *[negative_prompt] * len(prompts)], encoding)
     n = len(prompts)

@@ -142,3 +142,28 @@ def test_own_class_images_count_and_cancel_keeps_finished_ones(tmp_path, sd1):
     with pytest.raises(Cancelled):
         ensure_class_images(sd1, cfg, ClassImageSpec.from_config(cfg, "h", 32), emit, cancel)
     assert sorted(p.name for p in own.iterdir()) == ["class-00000.png", "photo.jpg"]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("clip_skip", [None, 2])
+def test_a_multi_vector_embedding_reaches_the_encoder_once_per_vector(family, clip_skip):
+    """Previews and evaluations hand `generate` the prompt as the user writes it; each of the
+    embedding's vectors must reach the text encoder exactly once, in order, whichever side
+    encodes (diffusers' own rewrite expands the token again inside a written-out prompt)."""
+    from dreambooth_core.formats.embeddings import add_tokens, expand_added_tokens, expand_prompt
+    from dreambooth_core.train.prompts import TextEncoding
+
+    model = tiny_base_model(family)
+    ids = [add_tokens(tok, te, "zwx", 3, "dog") for tok, te in zip(model.tokenizers, model.text_encoders)]
+    seen: list[list[int]] = []
+    hook = model.text_encoders[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.extend((args[0] if args else kwargs["input_ids"]).tolist()), with_kwargs=True)
+    encoding = TextEncoding(clip_skip=clip_skip) if clip_skip else None
+    written = expand_prompt("a photo of zwx dog", "zwx", 3)
+    assert expand_added_tokens(model.tokenizers[0], written) == written  # written out once, never twice
+    for prompt in ("a photo of zwx dog", written):
+        seen.clear()
+        generate(model, [prompt], steps=1, width=64, height=64, encoding=encoding)
+        row = next(r for r in seen if ids[0][0] in r)
+        assert [t for t in row if t in ids[0]] == ids[0]
+    hook.remove()

@@ -10,7 +10,7 @@ import json
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -67,12 +67,12 @@ def _draw(model: "BaseModel", s: EvalSet, prompt: str, autocast) -> list["Image.
                         seed=s.seed, sampler=s.sampler, width=s.resolution, height=s.resolution)
 
 
-def draw_set(model: "BaseModel", s: EvalSet, transform: Callable[[str], str] = str, autocast=nullcontext) -> EvalImages:
-    """Every image of the set; `transform` is the method's prompt rewrite (Textual Inversion's tokens)."""
-    return EvalImages(_draw(model, s, transform(s.subject), autocast),
-                      [_draw(model, s, transform(c), autocast) for c in s.contexts],
-                      _draw(model, s, transform(s.plain), autocast),
-                      [_draw(model, s, transform(c), autocast) for c in s.controls])
+def draw_set(model: "BaseModel", s: EvalSet, autocast=nullcontext) -> EvalImages:
+    """Every image of the set (an embedding's token is written out by `generate`)."""
+    return EvalImages(_draw(model, s, s.subject, autocast),
+                      [_draw(model, s, c, autocast) for c in s.contexts],
+                      _draw(model, s, s.plain, autocast),
+                      [_draw(model, s, c, autocast) for c in s.controls])
 
 
 def base_class_images(model: "BaseModel", s: EvalSet, folder: Path, model_id: str, autocast=nullcontext) -> list["Image.Image"]:

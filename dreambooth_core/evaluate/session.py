@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from . import curves
@@ -78,8 +78,8 @@ class Session:
         return cls(scorer, evalset, instance, folder,
                    base_class_images(base, evalset, folder / "base_class", model_id, autocast))
 
-    def measure(self, model: "BaseModel", transform: Callable[[str], str] = str, autocast=nullcontext) -> dict[str, float]:
-        images = draw_set(model, self.evalset, transform, autocast)
+    def measure(self, model: "BaseModel", autocast=nullcontext) -> dict[str, float]:
+        images = draw_set(model, self.evalset, autocast)
         return self.scorer.score(self.evalset, images, self.base_class, self.instance)
 
     # ---- curves ----------------------------------------------------------------------

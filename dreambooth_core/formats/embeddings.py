@@ -227,6 +227,21 @@ def expand_prompt(prompt: str, token: str, num_vectors: int) -> str:
     return pattern.sub(" ".join(names), prompt)
 
 
+def expand_added_tokens(tokenizer: Any, prompt: str) -> str:
+    """`prompt` with every multi-vector token `tokenizer` holds (``tok`` beside ``tok_1`` …)
+    written out once, as training writes it. Idempotent, unlike diffusers' own rewrite
+    (which expands ``tok`` inside an already written-out ``tok_1``), so any caller may
+    apply it and encoders then get each vector exactly once."""
+    added = set(tokenizer.get_added_vocab())
+    for token in sorted(added):
+        n = 1
+        while f"{token}_{n}" in added:
+            n += 1
+        if n > 1:
+            prompt = expand_prompt(prompt, token, n)
+    return prompt
+
+
 def _register_tokens(tokenizer, text_encoder, tokens: list[str]) -> list[int]:
     """Add new tokens to a tokenizer and grow the encoder's embedding to match; existing rows are kept."""
     vocab = tokenizer.get_vocab()

@@ -409,7 +409,7 @@ class Trainer:
             self.method.train(False)
             self.emit(Progress(phase="evaluation", step=self.step, total=cfg.max_train_steps))
             with self._on_device():
-                scores = session.measure(self.model, self.method.prompt, self.acc.autocast)
+                scores = session.measure(self.model, self.acc.autocast)
             rows = session.record({"step": self.step, **scores})
             best = choose_best(rows, Bounds(cfg.select_max_prior_drift, cfg.select_max_prompt_drop))
             if cfg.select_best and best is not None and best["step"] == self.step:
@@ -934,7 +934,7 @@ class Trainer:
 
                 # image k of every prompt uses seed + k, so prompts and steps compare like for like
                 with self.acc.autocast(), self._on_device():
-                    generate(self.model, [self.method.prompt(prompt)] * n, cfg.negative_prompt, cfg.validation_inference_steps,
+                    generate(self.model, [prompt] * n, cfg.negative_prompt, cfg.validation_inference_steps,
                              cfg.guidance_scale, seed=cfg.seed, sampler=cfg.validation_scheduler,
                              width=self.resolution, height=self.resolution, on_image=save, encoding=cfg.preview_encoding)
             grid = self.run_dir.samples / f"step-{self.step:06d}-grid.png"
