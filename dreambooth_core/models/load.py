@@ -42,18 +42,30 @@ def _open_tensors(path: Path, unsafe_pickle: bool) -> Iterator[tuple[dict[str, t
         yield reader.shapes, dict(reader.metadata), reader.get
 
 
-def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsafe_pickle: bool) -> BaseModel:
+def _single_file_modules(path: Path, family: str | Family | None, dtype: Any, unsafe_pickle: bool,
+                         names: "Iterable[str] | None" = None):
+    """The components of a single file (only `names`, whose other tensors are never read, if
+    given): (family, configs, modules, extras, metadata)."""
     with _open_tensors(path, unsafe_pickle) as (file_shapes, metadata, get_stored):
-        names = normalized_key_names(file_shapes)
-        shapes = {k: file_shapes[old] for k, old in names.items()}
+        key_names = normalized_key_names(file_shapes)
+        shapes = {k: file_shapes[old] for k, old in key_names.items()}
 
         def get(key: str) -> "torch.Tensor":
-            return get_stored(names[key])
+            return get_stored(key_names[key])
 
         fam = detect_family(shapes, metadata, path.with_suffix(".yaml"), requested=family, what=str(path))
         configs = single_file_configs(shapes, metadata, fam, str(path))
         modules = _empty_components(fam, configs)
-        extras = load_ldm_state(modules, fam, shapes.keys(), get, component_dtypes(dtype, modules), source=str(path))
+        keys: Iterable[str] = shapes.keys()
+        if names is not None:
+            modules = {k: m for k, m in modules.items() if k in set(names)}
+            keys = [r.ldm for name, module in modules.items() for r in component_rules(name, module, fam) if r.ldm in shapes]
+        extras = load_ldm_state(modules, fam, keys, get, component_dtypes(dtype, modules), source=str(path))
+    return fam, configs, modules, extras, metadata
+
+
+def _load_single_file(path: Path, family: str | Family | None, dtype: Any, unsafe_pickle: bool) -> BaseModel:
+    fam, configs, modules, extras, metadata = _single_file_modules(path, family, dtype, unsafe_pickle)
     derived = configs["unet"] != shipped_configs(fam)["unet"]
     unread = [k for k in extras if k.startswith(UNET_PREFIX)] if derived else []
     if unread:  # a structure the config did not capture must not be dropped silently
@@ -119,18 +131,18 @@ def _load_diffusers_component(folder: Path, name: str, cls: Any, dtype: "torch.d
     return cls.from_pretrained(folder, subfolder=name, torch_dtype=dtype, local_files_only=True, variant=variant)
 
 
-def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> BaseModel:
+def _diffusers_modules(folder: Path, fam: Family, dtype: Any, names: "Iterable[str]") -> dict[str, Any]:
+    """The components `names` of a diffusers folder, in `dtype`; a FormatError naming the part that fails."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTokenizer
 
-    fam = detect_diffusers_family(folder, requested=family)
-    dtypes = component_dtypes(dtype, ("unet", "vae", *fam.text_encoders))
+    wanted = list(dict.fromkeys(names))
+    dtypes = component_dtypes(dtype, wanted)
     classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
     classes.update((name, _text_encoder_class(fam, i)) for i, name in enumerate(fam.text_encoders))
     modules: dict[str, Any] = {}
     try:
-        for name, cls in classes.items():
-            modules[name] = _load_diffusers_component(folder, name, cls, dtypes[name], name in fam.text_encoders)
+        for name in wanted:
+            modules[name] = _load_diffusers_component(folder, name, classes[name], dtypes[name], name in fam.text_encoders)
     except FormatError as exc:
         raise FormatError(f"{folder}: the {name} cannot be loaded: {exc}") from exc
     except UserError:
@@ -138,6 +150,14 @@ def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> Ba
     except Exception as exc:  # the libraries raise OSError, ValueError, SafetensorError, … for a bad file
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise FormatError(f"{folder}: the {name} cannot be loaded ({first_line}); the folder may be incomplete or corrupt") from exc
+    return modules
+
+
+def _load_diffusers(folder: Path, family: str | Family | None, dtype: Any) -> BaseModel:
+    from transformers import CLIPTokenizer
+
+    fam = detect_diffusers_family(folder, requested=family)
+    modules = _diffusers_modules(folder, fam, dtype, ("unet", "vae", *fam.text_encoders))
     ours = FAMILY_INDEX_KEY in _json(folder / "model_index.json")
     tokenizer_dirs = [folder / name for name in fam.tokenizers]
     if not all(d.is_dir() for d in tokenizer_dirs):
@@ -188,23 +208,9 @@ def load_components(
     """Only the components `names` ("vae", "text_encoder", ...) of a model file or folder, in
     `dtype`; the others' weights are never read. A DreamBooth run reads its frozen parts again
     this way to save them exactly as the base holds them."""
-    wanted = list(dict.fromkeys(names))
     p = Path(path)
     if p.is_dir():
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        fam = detect_diffusers_family(p, requested=family)
-        classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
-        classes.update((name, _text_encoder_class(fam, i)) for i, name in enumerate(fam.text_encoders))
-        dtypes = component_dtypes(dtype, wanted)
-        return {name: _load_diffusers_component(p, name, classes[name], dtypes[name], name in fam.text_encoders).eval()
-                for name in wanted}
-    require_file(p, "model file")
-    with _open_tensors(p, unsafe_pickle) as (file_shapes, metadata, get_stored):
-        key_names = normalized_key_names(file_shapes)
-        shapes = {k: file_shapes[old] for k, old in key_names.items()}
-        fam = detect_family(shapes, metadata, p.with_suffix(".yaml"), requested=family, what=str(p))
-        modules = {k: m for k, m in _empty_components(fam, single_file_configs(shapes, metadata, fam, str(p))).items() if k in wanted}
-        keys = [r.ldm for name, module in modules.items() for r in component_rules(name, module, fam) if r.ldm in shapes]
-        load_ldm_state(modules, fam, keys, lambda key: get_stored(key_names[key]), component_dtypes(dtype, modules), source=str(p))
-    return {name: modules[name].eval() for name in wanted}
+        modules = _diffusers_modules(p, detect_diffusers_family(p, requested=family), dtype, names)
+    else:
+        modules = _single_file_modules(require_file(p, "model file"), family, dtype, unsafe_pickle, list(names))[2]
+    return {name: module.eval() for name, module in modules.items()}
